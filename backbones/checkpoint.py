@@ -1,0 +1,237 @@
+"""Reading checkpoints safely and loading them into timm models with every key accounted for.
+
+A checkpoint is untrusted input: `torch.load(weights_only=True)` or safetensors; full unpickling only when the caller
+passes `allow_pickle=True` (`--trust-checkpoint`). After the format filter, the keys must match the model exactly,
+except for the parts a fresh task head replaces (`head`, `fc_norm`) and the final norm that global average pooling
+discards: the same contract as `assert set(msg.missing_keys) == {...}` in MAE's `main_finetune.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from backbones.formats import StateDict, get_format
+from backbones.registry import BackboneSpec, get_spec
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the backbone; the message names the file."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("HARNESS_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "harness")
+    return Path(root).expanduser() / "weights"
+
+
+def cached_path(url: str) -> Path:
+    return cache_dir() / Path(url.split("?")[0]).name
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, sha256: str | None = None) -> Path:
+    """Downloads `url` once into the cache (atomically) and returns the local file."""
+    dest = cached_path(url)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            while block := r.read(1 << 20):
+                f.write(block)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot download {url} ({e}); fetch it on a machine with internet and pass it with "
+            f"--checkpoint PATH (or checkpoint=PATH), or place it at {dest}"
+        ) from None
+    if sha256 and file_sha256(tmp) != sha256:
+        tmp.unlink()
+        raise CheckpointError(f"{url} downloaded with a wrong sha256 (expected {sha256}); try again")
+    os.replace(tmp, dest)
+    return dest
+
+
+def resolve_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None) -> Path | None:
+    """The local file to load: the caller's path or URL, else the spec's local file, else its cached URL."""
+    source = checkpoint or spec.checkpoint
+    if source is None and spec.url:
+        source = spec.url
+    if source is None:
+        return None
+    source = str(source)
+    if re.match(r"^https?://", source):
+        return download(source, spec.sha256 if source == spec.url else None)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (backbone {spec.name!r})")
+    return path
+
+
+def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Mapping[str, Any]:
+    """Reads a checkpoint file without executing code from it unless `allow_pickle`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors... by file damage
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects beyond tensors and plain containers; loading it runs code "
+                f"from the file, so it needs --trust-checkpoint (allow_pickle=True) if you trust its source"
+            ) from None
+        damaged = isinstance(e, EOFError | zipfile.BadZipFile) or "zip archive" in msg or "central directory" in msg
+        what = "truncated or corrupt" if damaged else "unreadable"
+        raise CheckpointError(f"checkpoint {path} is {what}: {msg}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def _has_params(model: nn.Module, name: str) -> bool:
+    module = getattr(model, name, None)
+    return isinstance(module, nn.Module) and any(True for _ in module.parameters())
+
+
+def _fresh_modules(model: nn.Module) -> tuple[str, ...]:
+    """Modules a task initialises afresh; a checkpoint may lack them."""
+    return ("head", "fc_norm")
+
+
+def _resample_pos_embed(sd: StateDict, model: nn.Module) -> None:
+    """Resamples an absolute position embedding to the model's grid, keeping the prefix (class) tokens as they are."""
+    from timm.layers import resample_abs_pos_embed
+
+    pe = sd.get("pos_embed")
+    target = getattr(model, "pos_embed", None)
+    if pe is None or not isinstance(target, torch.Tensor) or pe.shape == target.shape:
+        return
+    num_prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    old_tokens = pe.shape[1] - num_prefix
+    old_side = int(round(old_tokens**0.5))
+    if old_side * old_side != old_tokens or pe.shape[-1] != target.shape[-1]:
+        return  # not a square grid of the same width: the shape check below reports it
+    sd["pos_embed"] = resample_abs_pos_embed(
+        pe, new_size=list(model.patch_embed.grid_size), old_size=[old_side, old_side], num_prefix_tokens=num_prefix
+    )
+
+
+def _resize_rel_pos_tables(sd: StateDict, model: nn.Module) -> None:
+    """BEiT's relative position bias tables, resized for another window (timm's own helper)."""
+    from timm.layers import resize_rel_pos_bias_table
+
+    own = model.state_dict()
+    for k, v in list(sd.items()):
+        if k.endswith("relative_position_bias_table") and k in own and v.shape != own[k].shape:
+            attn = model.get_submodule(k.rsplit(".", 1)[0])
+            sd[k] = resize_rel_pos_bias_table(v, new_window_size=attn.window_size, new_bias_shape=own[k].shape)
+
+
+def load_state_dict_strict(model: nn.Module, sd: StateDict, source: str) -> dict[str, list[str]]:
+    """Loads `sd` into `model`, allowing only the mismatches a fresh task head explains. Returns what was skipped."""
+    own = model.state_dict()
+    fresh = _fresh_modules(model)
+    skipped: list[str] = []
+    for k in list(sd):
+        top = k.split(".", 1)[0]
+        unused = k not in own and top in ("head", "fc_norm", "norm") and not _has_params(model, top)
+        head_resized = k in own and top == "head" and sd[k].shape != own[k].shape
+        if unused or head_resized:  # e.g. a 1000-way head into a 10-way model, `norm` under global average pooling
+            skipped.append(k)
+            del sd[k]
+    missing = sorted(k for k in own if k not in sd and not k.split(".", 1)[0] in fresh)
+    unexpected = sorted(k for k in sd if k not in own)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model: {len(missing)} missing key(s) "
+            f"{_preview(missing)}, {len(unexpected)} unexpected key(s) {_preview(unexpected)}"
+        )
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if v.shape != own[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(
+            f"checkpoint {source} is for another architecture: {k} has shape {got}, the model expects {want}"
+            + (f" ({len(bad) - 1} more mismatches)" if len(bad) > 1 else "")
+        )
+    result = model.load_state_dict(sd, strict=False)
+    fresh_missing = sorted(result.missing_keys)
+    return {"initialised_fresh": fresh_missing, "skipped": sorted(skipped)}
+
+
+def _preview(keys: list[str], n: int = 8) -> str:
+    return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
+
+
+def build_model(spec: BackboneSpec, img_size: int | None = None, **overrides: Any) -> nn.Module:
+    """The timm model of a spec, without weights. `num_classes` defaults to 0 (features only)."""
+    import timm
+
+    kwargs = {"num_classes": 0, **spec.arch_kwargs, **overrides}
+    kwargs.setdefault("img_size", img_size or spec.img_size)
+    if img_size:
+        kwargs["img_size"] = img_size
+    return timm.create_model(spec.arch, pretrained=False, **kwargs)
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | Path, checkpoint_format: str, allow_pickle: bool = False
+) -> dict[str, list[str]]:
+    """Reads `path`, converts it with the format's filter and loads it into `model` with every key accounted."""
+    raw = read_checkpoint(path, allow_pickle=allow_pickle)
+    sd = get_format(checkpoint_format)(raw)
+    if not sd:
+        raise CheckpointError(f"checkpoint {path} holds no tensors in the {checkpoint_format!r} layout")
+    _resample_pos_embed(sd, model)
+    _resize_rel_pos_tables(sd, model)
+    return load_state_dict_strict(model, sd, source=f"{path} (format {checkpoint_format!r})")
+
+
+def create_backbone(
+    name: str,
+    checkpoint: str | Path | None = None,
+    img_size: int | None = None,
+    allow_pickle: bool = False,
+    pretrained: bool = True,
+    **overrides: Any,
+) -> nn.Module:
+    """A timm model for a registered backbone (or a YAML file), with its weights loaded and every key accounted.
+
+    `checkpoint` (path or URL) replaces the entry's weights; `pretrained=False` builds without any. The spec is kept on
+    the model as `model.backbone_spec`, the loaded file as `model.checkpoint_path`.
+    """
+    spec = get_spec(name)
+    model = build_model(spec, img_size=img_size, **overrides)
+    path = resolve_checkpoint(spec, checkpoint) if pretrained else None
+    model.backbone_spec = spec
+    model.checkpoint_path = str(path) if path else None
+    if path is not None:
+        model.load_report = load_checkpoint(model, path, spec.checkpoint_format, allow_pickle=allow_pickle)
+    return model

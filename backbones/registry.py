@@ -1,0 +1,180 @@
+"""The backbone registry: one decorator on a small factory, keyed by the factory's name (as timm's `_registry.py`).
+
+A factory returns a `BackboneSpec`, which is data only: the timm architecture, where the weights come from and in which
+checkpoint format, preprocessing, licence and the recipe hints that tasks read (layer decay, the blocks dense tasks tap).
+Users add entries three ways, none of which depends on an import they can forget:
+
+* the decorator in a module of theirs, imported with `load_backbone_module("my_pkg.backbones")`
+  (`--backbone-module` on the command line);
+* an entry point in the group `harness.backbones` of their installed package (loaded the first time the registry is read);
+* a YAML file naming an architecture, a checkpoint and its format (`load_backbone_yaml`, or the file's path given where a
+  backbone name is expected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENTRY_POINT_GROUP = "harness.backbones"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the harness needs to know about a backbone, as data.
+
+    `arch` is a timm model name and `arch_kwargs` its overrides (a tiny ViT is `vit_tiny_patch16_224` with a smaller
+    patch, image and depth). `checkpoint_format` names a filter in `backbones.formats`. `url` is the official download,
+    `sha256` its checksum when published; a local file given at load time always wins.
+    """
+
+    name: str
+    arch: str
+    family: str  # mae | supervised | mocov3 | dino | beit | scratch | custom: the row label of the paper's tables
+    checkpoint_format: str = "timm"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None
+    sha256: str | None = None
+    checkpoint: str | None = None  # a local file that stands in for `url` (YAML entries, the project's own pretraining)
+    img_size: int = 224
+    patch_size: int = 16
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    license: str = "unknown"
+    layer_decay: float = 0.65  # recommended layer-wise lr decay for fine-tuning (MAE: 0.65 for B, 0.75 for L and H)
+    dense_taps: tuple[int, ...] = ()  # 0-based blocks that dense tasks tap (quarter points, e.g. 3, 5, 7, 11 for B)
+    pretrain_epochs: int | None = None
+    paper_name: str | None = None  # how the MAE paper's tables name it, when they do (e.g. "ViT-B")
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SpecFactory = Callable[[], BackboneSpec]
+_FACTORIES: dict[str, SpecFactory] = {}
+_entry_points_loaded = False
+
+
+def register_backbone(fn: SpecFactory) -> SpecFactory:
+    """Registers `fn` under its own name. A second registration of the same name raises."""
+    name = fn.__name__
+    if name in _FACTORIES:
+        other = _FACTORIES[name]
+        raise ValueError(
+            f"backbone {name!r} is already registered by {other.__module__}.{other.__qualname__}; "
+            f"pick another function name in {fn.__module__}"
+        )
+    _FACTORIES[name] = fn
+    return fn
+
+
+def unregister_backbone(name: str) -> None:
+    """Removes an entry (tests, and users who replace a built-in on purpose)."""
+    _FACTORIES.pop(name, None)
+
+
+def _ensure_builtins() -> None:
+    global _entry_points_loaded
+    importlib.import_module("backbones.zoo")
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plug-in must not hide the built-ins; say which one broke
+            raise ImportError(f"entry point {ep.name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r} failed: {e}") from e
+        if callable(obj) and not isinstance(obj, type):
+            obj()  # an entry point may name a function that registers (or a module, whose import registered)
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    import fnmatch
+
+    _ensure_builtins()
+    return sorted(n for n in _FACTORIES if fnmatch.fnmatch(n, pattern))
+
+
+def unknown_name_error(kind: str, name: str, known: list[str]) -> KeyError:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+    return KeyError(f"unknown {kind} {name!r}{hint}")
+
+
+def get_spec(name: str, **overrides: Any) -> BackboneSpec:
+    """The spec of a registered name, or of a YAML file's path. `overrides` replace spec fields."""
+    if name.endswith((".yaml", ".yml")):
+        name = load_backbone_yaml(name)
+    _ensure_builtins()
+    if name not in _FACTORIES:
+        raise unknown_name_error("backbone", name, sorted(_FACTORIES))
+    spec = _FACTORIES[name]()
+    if spec.name != name:
+        spec = dataclasses.replace(spec, name=name)
+    return dataclasses.replace(spec, **overrides) if overrides else spec
+
+
+def load_backbone_module(module: str) -> None:
+    """Imports a user module whose `@register_backbone` factories register on import."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"--backbone-module {module!r} cannot be imported: {e}") from e
+
+
+_YAML_REQUIRED = ("name", "arch", "checkpoint_format")
+
+
+def load_backbone_yaml(path: str | Path) -> str:
+    """Registers the backbone a YAML file describes and returns its name.
+
+    Keys are `BackboneSpec` fields; `name`, `arch` and `checkpoint_format` are required, `family` defaults to custom.
+    A relative `checkpoint` is taken relative to the YAML file.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"backbone file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"backbone file {path} must hold a mapping of BackboneSpec fields")
+    missing = [k for k in _YAML_REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"backbone file {path} lacks the key(s) {', '.join(missing)}")
+    fields = {f.name for f in dataclasses.fields(BackboneSpec)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"backbone file {path} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    data.setdefault("family", "custom")
+    for key in ("mean", "std", "dense_taps"):
+        if key in data:
+            data[key] = tuple(data[key])
+    if data.get("checkpoint") and not Path(data["checkpoint"]).is_absolute():
+        data["checkpoint"] = str((path.parent / data["checkpoint"]).resolve())
+    spec = BackboneSpec(**data)
+
+    def factory() -> BackboneSpec:
+        return spec
+
+    factory.__name__ = factory.__qualname__ = spec.name
+    factory.__module__ = f"yaml:{path}"
+    existing = _FACTORIES.get(spec.name)
+    if existing is not None and existing.__module__ == factory.__module__:
+        _FACTORIES[spec.name] = factory  # the same file read twice
+    else:
+        register_backbone(factory)
+    return spec.name

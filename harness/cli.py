@@ -1,0 +1,46 @@
+"""Command line: `python -m harness <command>` (or the `harness` console script).
+
+Each command lives in its own module, named here as a string and imported only when that command runs, so that
+`--help` and `backbones` answer without loading mmdet or mmseg. A command module provides
+`configure(parser)` and `run(args) -> int` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("harness.runner", "run a suite of transfer tasks for a set of backbones, then write the report"),
+    "report": ("harness.report", "read the result records and write the tables and plots"),
+    "pretrain": ("harness.pretrain.cli", "pretrain a ViT with MAE, or a supervised / MoCo v3 baseline"),
+    "data": ("harness.data.cli", "write the embedded data sets (ImageNet, COCO and ADE20K layouts)"),
+    "backbones": ("harness.commands.backbones", "list the registered backbones"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # only the chosen command's module is imported to add its options
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
