@@ -167,7 +167,7 @@ def load_state_dict_strict(model: nn.Module, sd: StateDict, source: str) -> dict
         if unused or head_resized:  # e.g. a 1000-way head into a 10-way model, `norm` under global average pooling
             skipped.append(k)
             del sd[k]
-    missing = sorted(k for k in own if k not in sd and not k.split(".", 1)[0] in fresh)
+    missing = sorted(k for k in own if k not in sd and k.split(".", 1)[0] not in fresh)
     unexpected = sorted(k for k in sd if k not in own)
     if missing or unexpected:
         raise CheckpointError(

@@ -9,8 +9,8 @@ Layouts follow the released code of each method:
 * MAE (facebookresearch/mae `main_pretrain.py`): `{'model': encoder}` in timm names; full pretraining checkpoints
   also hold `decoder_*` and `mask_token`.
 * timm / DeiT: a bare dict or `{'model': ...}`; DeiT III's `gamma_1/2` are timm's `ls1/ls2.gamma`.
-* MoCo v3 (facebookresearch/moco-v3 `main_moco.py`): `{'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*',
-  'module.predictor.*'}}`, the projection MLP being `base_encoder.head`.
+* MoCo v3 (facebookresearch/moco-v3 `main_moco.py`): `{'state_dict': {'module.base_encoder.*',
+  'module.momentum_encoder.*', 'module.predictor.*'}}`, the projection MLP being `base_encoder.head`.
 * DINO (facebookresearch/dino): the released backbone as a bare dict, or a training checkpoint with `teacher`/`student`
   whose keys start with `backbone.` (and `module.` for the student), next to the DINO head.
 * BEiT (microsoft/unilm): `{'model': ...}` with `q_bias`/`v_bias`, `gamma_1/2`, relative position bias tables per block

@@ -1,14 +1,15 @@
 """The backbone registry: one decorator on a small factory, keyed by the factory's name (as timm's `_registry.py`).
 
-A factory returns a `BackboneSpec`, which is data only: the timm architecture, where the weights come from and in which
-checkpoint format, preprocessing, licence and the recipe hints that tasks read (layer decay, the blocks dense tasks tap).
+A factory returns a `BackboneSpec`, which is data only: the timm architecture, where the weights come from and in
+which checkpoint format, preprocessing, licence and the recipe hints that tasks read (layer decay, the blocks dense
+tasks tap).
 Users add entries three ways, none of which depends on an import they can forget:
 
 * the decorator in a module of theirs, imported with `load_backbone_module("my_pkg.backbones")`
   (`--backbone-module` on the command line);
-* an entry point in the group `harness.backbones` of their installed package (loaded the first time the registry is read);
-* a YAML file naming an architecture, a checkpoint and its format (`load_backbone_yaml`, or the file's path given where a
-  backbone name is expected).
+* an entry point in the group `harness.backbones` of their installed package (loaded when the registry is first read);
+* a YAML file naming an architecture, a checkpoint and its format (`load_backbone_yaml`, or the file's path given where
+  a backbone name is expected).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def _ensure_builtins() -> None:
         try:
             obj = ep.load()
         except Exception as e:  # a broken plug-in must not hide the built-ins; say which one broke
-            raise ImportError(f"entry point {ep.name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r} failed: {e}") from e
+            where = f"entry point {ep.name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r}"
+            raise ImportError(f"{where} failed: {e}") from e
         if callable(obj) and not isinstance(obj, type):
             obj()  # an entry point may name a function that registers (or a module, whose import registered)
 
@@ -158,7 +160,8 @@ def load_backbone_yaml(path: str | Path) -> str:
     fields = {f.name for f in dataclasses.fields(BackboneSpec)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ValueError(f"backbone file {path} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+        allowed = ", ".join(sorted(fields))
+        raise ValueError(f"backbone file {path} has unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
     data.setdefault("family", "custom")
     for key in ("mean", "std", "dense_taps"):
         if key in data:
