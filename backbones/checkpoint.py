@@ -103,14 +103,17 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Mapping[str
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors... by file damage
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Weights only load failed" in str(e):
+        if "Weights only load failed" in str(e) and re.search(r"Unsupported global|GLOBAL", str(e)):
             raise CheckpointError(
                 f"checkpoint {path} holds Python objects beyond tensors and plain containers; loading it runs code "
                 f"from the file, so it needs --trust-checkpoint (allow_pickle=True) if you trust its source"
             ) from None
         damaged = isinstance(e, EOFError | zipfile.BadZipFile) or "zip archive" in msg or "central directory" in msg
-        what = "truncated or corrupt" if damaged else "unreadable"
-        raise CheckpointError(f"checkpoint {path} is {what}: {msg}") from None
+        if damaged:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {msg}") from None
+        if "Weights only load failed" in msg:  # a pickle stream torch cannot parse: not a checkpoint at all
+            raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint, or is corrupt") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable: {msg}") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
     return obj
@@ -220,12 +223,14 @@ def create_backbone(
     img_size: int | None = None,
     allow_pickle: bool = False,
     pretrained: bool = True,
+    checkpoint_format: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """A timm model for a registered backbone (or a YAML file), with its weights loaded and every key accounted.
 
-    `checkpoint` (path or URL) replaces the entry's weights; `pretrained=False` builds without any. The spec is kept on
-    the model as `model.backbone_spec`, the loaded file as `model.checkpoint_path`.
+    `checkpoint` (path or URL) replaces the entry's weights, read in the entry's format unless `checkpoint_format` names
+    another; `pretrained=False` builds without any. The spec is kept on the model as `model.backbone_spec`, the loaded
+    file as `model.checkpoint_path`.
     """
     spec = get_spec(name)
     model = build_model(spec, img_size=img_size, **overrides)
@@ -233,5 +238,6 @@ def create_backbone(
     model.backbone_spec = spec
     model.checkpoint_path = str(path) if path else None
     if path is not None:
-        model.load_report = load_checkpoint(model, path, spec.checkpoint_format, allow_pickle=allow_pickle)
+        fmt = checkpoint_format or spec.checkpoint_format
+        model.load_report = load_checkpoint(model, path, fmt, allow_pickle=allow_pickle)
     return model
