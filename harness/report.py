@@ -1,0 +1,311 @@
+"""`harness report`: the result records as the MAE paper's comparison tables, the published numbers, and plots.
+
+Reads `RUNS/records/*.json` (`harness.store`; the newest record of each run id counts, failed ones are listed but not
+averaged) with pandas and writes into `results/`:
+
+* `in1k`, `coco`, `ade20k` tables per recipe, as in He et al. 2021 (Tables 3-5): one row per backbone, each cell the
+  mean +- sample std over seeds with n, and the difference of the means to the supervised backbone of the same
+  architecture; for recipe `paper`, the published number beside a row of the same family and model size;
+* `reference`: the paper's numbers (`harness.reference`);
+* `summary.csv` (one row per recipe, backbone and column, full precision) and `runs.csv` (one row per run);
+* plots (`harness.plots`).
+
+Metrics are read in percent; mmdet's raw `coco/bbox_mAP` and `coco/segm_mAP` (fractions) are scaled by 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = ("md", "csv", "tex")
+BASELINE_FAMILY = "supervised"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the paper's tables: which runs feed it and which metric key (the first present) it reads."""
+
+    key: str
+    task: str
+    protocol: str | None
+    metrics: tuple[str, ...]
+    label: str
+
+
+COLUMNS = (
+    Column("in1k_finetune", "in1k", "finetune", ("top1", "accuracy/top1", "acc1"), "IN1K fine-tune top-1"),
+    Column("in1k_linprobe", "in1k", "linprobe", ("top1", "accuracy/top1", "acc1"), "IN1K linear top-1"),
+    Column("in1k_partial", "in1k", "partial", ("top1", "accuracy/top1", "acc1"), "IN1K partial top-1"),
+    Column("coco_box", "coco", None, ("bbox_mAP", "APbox", "coco/bbox_mAP"), "COCO APbox"),
+    Column("coco_mask", "coco", None, ("segm_mAP", "APmask", "coco/segm_mAP"), "COCO APmask"),
+    Column("ade20k_miou", "ade20k", None, ("mIoU", "miou", "ade20k/mIoU"), "ADE20K mIoU"),
+)
+SCALE = {"coco/bbox_mAP": 100.0, "coco/segm_mAP": 100.0}  # mmdet's CocoMetric reports fractions
+TABLES = {"in1k": ("in1k_finetune", "in1k_linprobe", "in1k_partial"), "coco": ("coco_box", "coco_mask"),
+          "ade20k": ("ade20k_miou",)}
+_BY_KEY = {c.key: c for c in COLUMNS}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", default="runs/default", help="a run folder (holding records/) or a records folder")
+    parser.add_argument("--out", default="results", help="where to write (default: results/)")
+    parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: md, csv, tex")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+# --- reading ---
+
+
+def records_dir(runs: str | Path) -> Path:
+    runs = Path(runs)
+    return runs / "records" if (runs / "records").is_dir() else runs
+
+
+def _metric(metrics: dict[str, Any], column: Column) -> float | None:
+    for key in column.metrics:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value) * SCALE.get(key, 1.0)
+    return None
+
+
+def recipe_label(rec: dict[str, Any]) -> str:
+    """The recipe's name; a recipe given as a YAML path is named by its file's stem."""
+    name = str(rec.get("recipe_name") or (rec.get("recipe") or {}).get("name") or "")
+    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+
+
+def _size_key(spec: dict[str, Any] | None) -> str:
+    """What makes two backbones the same model size: the architecture and its overrides."""
+    spec = spec or {}
+    return json.dumps([spec.get("arch"), spec.get("arch_kwargs") or {}], sort_keys=True)
+
+
+def _pretrain_epochs(backbone: dict[str, Any], latest: dict[str, dict[str, Any]]) -> int | None:
+    """The pretraining epochs of a run's encoder: the suite's own pretraining (as resolved), else the spec's."""
+    pre = backbone.get("pretrain") or {}
+    resolved = ((latest.get(pre.get("run_id") or "") or {}).get("recipe") or {}).get("epochs")
+    return pre.get("epochs") or resolved or (backbone.get("spec") or {}).get("pretrain_epochs")
+
+
+def flatten(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (run, column) the run feeds, plus one row per run without a value (failed, unknown task)."""
+    import pandas as pd
+
+    from harness import store
+
+    rows = []
+    latest = store.latest(records)
+    for rec in latest.values():
+        backbone = rec.get("backbone") or {}
+        spec = backbone.get("spec") or {}
+        base = {
+            "run_id": rec["run_id"], "status": rec["status"], "kind": rec.get("kind", "task"), "task": rec.get("task"),
+            "protocol": rec.get("protocol"), "recipe": recipe_label(rec),
+            "backbone": backbone.get("name"), "family": spec.get("family"), "model": spec.get("paper_name"),
+            "size": _size_key(spec), "seed": rec.get("seed"),
+            "pretrain_epochs": _pretrain_epochs(backbone, latest),
+            "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"), "log": rec.get("log"),
+            "finished_at": rec.get("finished_at"),
+        }
+        fed = False
+        for col in COLUMNS:
+            if rec.get("task") != col.task or (col.protocol and rec.get("protocol") != col.protocol):
+                continue
+            value = _metric(rec.get("metrics") or {}, col) if rec["status"] == "finished" else None
+            if value is not None:
+                rows.append({**base, "column": col.key, "value": value})
+                fed = True
+        if not fed:
+            rows.append({**base, "column": None, "value": float("nan")})
+    cols = ["run_id", "status", "kind", "task", "protocol", "recipe", "backbone", "family", "model", "size", "seed",
+            "pretrain_epochs", "wall_time_s", "error", "log", "finished_at", "column", "value"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --- aggregating ---
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """mean, std (sample, n-1), n per (recipe, backbone, column), the difference to the supervised mean of the same
+    architecture and recipe, and the published value where the setting matches the paper's."""
+    import pandas as pd
+
+    from harness.reference import published
+
+    done = frame[frame["column"].notna() & frame["value"].notna()]
+    if done.empty:
+        return pd.DataFrame(columns=["recipe", "backbone", "family", "model", "size", "column", "mean", "std", "n",
+                                     "baseline", "delta", "published"])
+    keys = ["recipe", "backbone", "family", "model", "size", "column"]
+    agg = (done.fillna({"recipe": "", "family": "", "model": ""}).groupby(keys, dropna=False)["value"]
+           .agg(mean="mean", std="std", n="count").reset_index())
+    base = agg[agg["family"] == BASELINE_FAMILY].sort_values("backbone").drop_duplicates(["recipe", "size", "column"])
+    base = base[["recipe", "size", "column", "backbone", "mean"]].rename(
+        columns={"backbone": "baseline", "mean": "baseline_mean"})
+    out = agg.merge(base, on=["recipe", "size", "column"], how="left")
+    out["delta"] = out["mean"] - out["baseline_mean"]
+    out.loc[out["baseline"] == out["backbone"], "delta"] = float("nan")  # the baseline row itself
+    out["published"] = [
+        published(f, m, c) if r == "paper" else None for r, f, m, c in
+        zip(out["recipe"], out["family"], out["model"], out["column"], strict=True)
+    ]
+    return out.drop(columns=["baseline_mean"]).sort_values(["recipe", "column", "backbone"]).reset_index(drop=True)
+
+
+def fmt_cell(mean: float, std: float, n: int, digits: int = 1) -> str:
+    """'83.6 ± 0.2 (n=3)'; a single seed has no spread: '83.6 (n=1)'."""
+    if n > 1 and not math.isnan(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+    return f"{mean:.{digits}f} (n={n})"
+
+
+def fmt_delta(delta: float, digits: int = 1) -> str:
+    return "" if delta is None or math.isnan(delta) else f"{delta:+.{digits}f}"
+
+
+def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Display tables named `<table>` (or `<table>_<recipe>` when several recipes), one row per backbone."""
+    import pandas as pd
+
+    out: dict[str, pd.DataFrame] = {}
+    recipes = sorted(summary["recipe"].unique())
+    for recipe in recipes:
+        part = summary[summary["recipe"] == recipe]
+        for table, columns in TABLES.items():
+            present = [c for c in columns if c in set(part["column"])]
+            if not present:
+                continue
+            rows = []
+            for backbone, group in part[part["column"].isin(present)].groupby("backbone", sort=True):
+                row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
+                for c in present:
+                    hit = group[group["column"] == c]
+                    label = _BY_KEY[c].label
+                    if hit.empty:
+                        row[label], row[f"Δ {label}"] = "", ""
+                    else:
+                        h = hit.iloc[0]
+                        row[label] = fmt_cell(h["mean"], h["std"], int(h["n"]))
+                        row[f"Δ {label}"] = fmt_delta(h["delta"])
+                        if recipe == "paper":
+                            row[f"{label} (paper)"] = "" if h["published"] is None or pd.isna(h["published"]) \
+                                else f"{h['published']:.1f}"
+                rows.append(row)
+            name = table if len(recipes) == 1 else f"{table}_{recipe or 'unnamed'}"
+            out[name] = pd.DataFrame(rows)
+    return out
+
+
+def reference_table() -> pd.DataFrame:
+    import pandas as pd
+
+    from harness.reference import rows
+
+    frame = pd.DataFrame(rows())
+    return frame.rename(columns={c.key: c.label for c in COLUMNS})
+
+
+# --- writing ---
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' own needs the tabulate package)."""
+    cols = [str(c) for c in frame.columns]
+    cells = [["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in row]
+             for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _write(frame: pd.DataFrame, stem: Path, formats: list[str], title: str) -> list[Path]:
+    written = []
+    if "md" in formats:
+        p = stem.with_suffix(".md")
+        p.write_text(f"### {title}\n\n{to_markdown(frame)}")
+        written.append(p)
+    if "csv" in formats:
+        p = stem.with_suffix(".csv")
+        frame.to_csv(p, index=False)
+        written.append(p)
+    if "tex" in formats:
+        p = stem.with_suffix(".tex")
+        tex = frame.to_latex(index=False, escape=True, na_rep="")
+        p.write_text(tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$"))  # pdflatex-safe
+        written.append(p)
+    return written
+
+
+TITLES = {"in1k": "ImageNet-1K top-1 (%)", "coco": "COCO Mask R-CNN AP (%)", "ade20k": "ADE20K UperNet mIoU (%)"}
+
+
+def write_report(records: str | Path, out: str | Path, formats: list[str] | tuple[str, ...] = FORMATS,
+                 plots: bool = True) -> list[Path]:
+    """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written."""
+    from harness import store
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = store.read_records(records_dir(records))
+    frame = flatten(recs)
+    summary = summarize(frame)
+    written: list[Path] = []
+    index = ["# Results\n", f"{len(frame['run_id'].unique())} runs in {records_dir(records)}: "
+             f"{(frame.drop_duplicates('run_id')['status'] == 'finished').sum()} finished, "
+             f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
+             "Cells: mean ± sample std over seeds (n); Δ: difference of the means to the supervised backbone of the "
+             "same architecture and recipe.\n"]
+    for name, table in tables(summary).items():
+        title = TITLES[name.split("_")[0]] + (f", recipe {name.split('_', 1)[1]}" if "_" in name else "")
+        written += _write(table, out / name, formats, title)
+        index.append(f"### {title}\n\n{to_markdown(table)}")
+    ref = reference_table()
+    from harness.reference import PAPER
+
+    written += _write(ref, out / "reference", formats, f"Published ({PAPER})")
+    index.append(f"### Published ({PAPER})\n\n{to_markdown(ref)}")
+    failed = frame[frame["status"] == "failed"].drop_duplicates("run_id")
+    if not failed.empty:
+        index.append("### Failed runs\n\n" + to_markdown(failed[["run_id", "task", "protocol", "backbone", "seed",
+                                                                 "error", "log"]]))
+    summary.to_csv(out / "summary.csv", index=False)
+    frame.drop(columns=["size"]).to_csv(out / "runs.csv", index=False)
+    written += [out / "summary.csv", out / "runs.csv"]
+    if plots:
+        from harness.plots import write_plots
+
+        pics = write_plots(frame, summary, recs, out / "plots")
+        written += pics
+        index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics if p.suffix == ".png"))
+    (out / "README.md").write_text("\n".join(index) + "\n")
+    written.append(out / "README.md")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    source = records_dir(args.runs)
+    if not source.is_dir():
+        print(f"harness report: no records folder at {source} (pass --runs OUT of a `harness run`)")
+        return 1
+    out = Path(args.out)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    try:
+        written = write_report(source, out, formats=formats, plots=not args.no_plots)
+    except ValueError as e:
+        print(f"harness report: {e}")
+        return 2
+    print(f"wrote {len(written)} files to {out}")
+    print((out / "README.md").read_text())
+    return 0

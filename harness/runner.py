@@ -1,0 +1,827 @@
+"""`harness run`: every task of a suite for every backbone, each in its own process, resumable, then the report.
+
+The plan is a list of runs, one per (backbone, task, protocol, seed), after the pretrainings a preset makes itself.
+Each run has an id hashed from everything that determines its result (backbone spec and checkpoint sha256, task,
+protocol, recipe name, version and overrides, seed), a stable work folder `OUT/work/<run_id>/` from which an
+interrupted task resumes, a log `OUT/logs/<run_id>.log`, and result records in `OUT/records/` (`harness.store`).
+A run whose newest record is finished is skipped unless `--force`; a failing run is recorded and the suite goes on.
+The exit status is the number of failed runs (at most 125); 126 means the suite could not start (bad input: the
+message names the flag, file or folder), and nothing ran.
+
+Launchers reuse existing engines: `local` (one `python -m harness.worker` at a time), `torchrun` (the worker under
+`torch.distributed.run --nproc_per_node N`, ctx.launcher='pytorch') and `slurm` (submitit; `--slurm-cluster local` runs
+the same jobs with submitit's local executor). Nothing here imports torch at module level, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import provenance, store
+
+DID_NOT_START = 126
+MAX_FAILED = 125
+# Tasks that take an evaluation protocol, and the protocols they know (MAE Sec. 4: fine-tuning, linear probing,
+# partial fine-tuning of the last blocks).
+TASK_PROTOCOLS = {"in1k": ("finetune", "linprobe", "partial")}
+# The metric the summary shows first, when a run reports it.
+MAIN_METRICS = ("top1", "bbox_mAP", "coco/bbox_mAP", "mIoU", "final_loss")
+# Real data: task -> (folder under --data-root, entries that must exist, alternative sub-folders to look in).
+DATA_LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "in1k": ("imagenet", ("train", "val"), ()),
+    "coco": ("coco", ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017",
+                      "val2017"), ()),
+    "ade20k": ("ade20k", ("images/training", "images/validation", "annotations/training", "annotations/validation"),
+               ("ADEChallengeData2016",)),
+}
+# Spec fields that do not change what a run measures (the checkpoint's sha256 stands for the weights).
+_SPEC_NOT_IN_ID = ("name", "description", "license", "checkpoint", "url", "sha256", "paper_name", "pretrain_epochs")
+
+
+class PlanError(ValueError):
+    """Bad input found while planning: nothing has run."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from harness.presets import DEFAULT
+
+    parser.add_argument("--suite", help="comma-separated tasks: in1k, coco, ade20k, or NAME=module:function")
+    parser.add_argument("--backbones", help="comma-separated registry names or backbone YAML files")
+    parser.add_argument("--preset", default=DEFAULT, help=f"tiny | paper | short | a preset YAML (default {DEFAULT})")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    parser.add_argument("--protocols", help="in1k protocols: finetune,linprobe,partial (default: the preset's)")
+    parser.add_argument("--recipe", action="append", default=[], metavar="[TASK=]NAME",
+                        help="recipe of every task, or of one task (repeatable; default: the preset's)")
+    parser.add_argument("--pretrain-epochs", type=int, help="epochs of the preset's pretrainings (default: recipe's)")
+    parser.add_argument("--data-root", help="DIR holding imagenet/, coco/, ade20k/, or TASK=DIR,TASK=DIR")
+    parser.add_argument("--out", default="runs/default", help="output folder (work/, logs/, records/, results/)")
+    parser.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
+    parser.add_argument("--gpus", type=int, default=1, help="processes (GPUs) per run under torchrun / slurm")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes per run under slurm")
+    parser.add_argument("--slurm-partition", help="Slurm partition")
+    parser.add_argument("--slurm-time", type=int, default=72 * 60, help="Slurm time limit per run, minutes")
+    parser.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), default="slurm",
+                        help="submitit executor: slurm, or local / debug to try the slurm path on this machine")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (ids, done or not) and stop")
+    parser.add_argument("--force", action="store_true", help="re-run finished runs from scratch")
+    parser.add_argument("--backbone-module", action="append", default=[], help="import a module that registers more")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="weights for a backbone, replacing the registry's or the preset's pretraining")
+    parser.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE", dest="overrides",
+                        help="recipe override for one task, e.g. in1k.optim.lr=1e-3 (value read as YAML)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="allow pickled checkpoints (runs their code)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
+    parser.add_argument("--log-backend", choices=("tensorboard", "wandb"),
+                        help="also log to TensorBoard / W&B (tasks read HARNESS_LOG_BACKEND)")
+    parser.add_argument("--report-format", default="md,csv,tex", help="formats of the closing report")
+    parser.add_argument("--no-report", action="store_true", help="skip the closing report")
+
+
+# --- the plan ---
+
+
+@dataclass
+class Run:
+    """One process of the suite: a pretraining (kind 'pretrain') or a task run (kind 'task')."""
+
+    kind: str
+    task: str
+    target: str
+    backbone: str
+    spec: dict[str, Any]
+    seed: int = 0
+    protocol: str | None = None
+    recipe: str | None = None
+    recipe_version: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data: str = "embedded"  # embedded | real: part of the id; the path itself is not
+    data_root: str | None = None
+    checkpoint: str | None = None
+    sha256: str | None = None
+    method: str | None = None  # pretraining method
+    epochs: int | None = None  # pretraining epochs (None: the recipe's)
+    after: Run | None = None  # the pretraining whose encoder this run loads
+    run_id: str | None = None  # None while `after` has not produced its encoder
+    status: str = "todo"  # plan: todo | done | failed | pending; after running: finished | failed | blocked | busy
+    wall: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    log: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        spec = {k: v for k, v in self.spec.items() if k not in _SPEC_NOT_IN_ID}
+        ident = {"kind": self.kind, "task": self.task, "target": self.target, "backbone": spec, "seed": self.seed,
+                 "recipe": self.recipe, "recipe_version": self.recipe_version, "overrides": self.overrides,
+                 "data": self.data, "checkpoint_sha256": self.sha256}
+        if self.kind == "pretrain":
+            ident.update(method=self.method, epochs=self.epochs)
+        else:
+            ident["protocol"] = self.protocol
+        return ident
+
+    def assign_id(self) -> None:
+        self.run_id = provenance.stable_hash(self.identity())
+
+    @property
+    def label(self) -> str:
+        what = f"pretrain {self.method}" if self.kind == "pretrain" else self.task + (f"/{self.protocol}" if
+                                                                                         self.protocol else "")
+        return f"{what} {self.backbone} seed {self.seed}"
+
+
+@dataclass
+class Plan:
+    out: Path
+    runs: list[Run]
+    preset: str
+    backbone_modules: list[str]
+
+    @property
+    def records(self) -> Path:
+        return self.out / "records"
+
+    def work_dir(self, run: Run) -> Path:
+        return self.out / "work" / str(run.run_id)
+
+    def log(self, run: Run) -> Path:
+        return self.out / "logs" / f"{run.run_id}.log"
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise PlanError(f"{flag} {item!r} must look like NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_suite(items: list[str], extra: dict[str, str]) -> list[tuple[str, str]]:
+    """Suite entries -> (task name, target). Entries: a known name, NAME=module:fn, NAME=file.py:fn or module:fn."""
+    from tasks import TASKS
+
+    known = {**TASKS, **extra}
+    out = []
+    for item in items:
+        name, sep, target = item.partition("=")
+        if sep:
+            out.append((name, target))
+        elif ":" in item:
+            out.append((item, item))
+        elif item in known:
+            out.append((item, known[item]))
+        else:
+            from backbones.registry import unknown_name_error
+
+            raise PlanError(f"--suite: {unknown_name_error('task', item, sorted(known)).args[0]}")
+    if not out:
+        raise PlanError("--suite names no task")
+    return out
+
+
+def parse_overrides(items: list[str], tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set in1k.optim.lr=1e-3` -> {'in1k': {'optim.lr': 0.001}}."""
+    from tasks.recipes import parse_override
+
+    out: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    for item in items:
+        try:
+            dotted, value = parse_override(item)
+        except ValueError as e:
+            raise PlanError(f"--set {item!r}: {e}") from None
+        task, _, key = dotted.partition(".")
+        if task not in out or not key:
+            raise PlanError(f"--set {item!r} must start with a task of the suite ({', '.join(tasks)}), e.g. "
+                            f"{tasks[0]}.optim.lr=1e-3")
+        out[task][key] = value
+    return out
+
+
+def recipe_version(task: str, target: str, recipe: str, overrides: dict[str, Any]) -> Any:
+    """The recipe's version (part of the run id). Also checks that the recipe exists and the overrides name its keys.
+
+    A task of the built-in registry must have its recipe under tasks/recipes/<task>/; a task given as module:function
+    may keep its recipes elsewhere (its version is then unknown here: None).
+    """
+    from tasks import TASKS
+    from tasks.recipes import RECIPE_DIR, load_recipe
+
+    own = Path(recipe).suffix in (".yaml", ".yml") or (RECIPE_DIR / task / f"{recipe}.yaml").is_file()
+    if not own and TASKS.get(task) != target:
+        return None
+    try:
+        return load_recipe(task, recipe, overrides).get("version")
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise PlanError(f"task {task}: {msg}") from None
+
+
+def check_data(tasks: list[str], data_root: str | None) -> dict[str, str]:
+    """Per-task data folders for real data; raises naming what was looked for, where, and what to pass instead."""
+    if not data_root:
+        raise PlanError(
+            f"tasks {', '.join(tasks)} need real data: pass --data-root DIR (with "
+            + ", ".join(f"{DATA_LAYOUT[t][0]}/" for t in tasks if t in DATA_LAYOUT)
+            + ") or per task --data-root in1k=DIR,coco=DIR; or use --preset tiny for the embedded Fashion-MNIST sets"
+        )
+    per_task = _pairs(_split(data_root), "--data-root") if "=" in data_root else {}
+    out, problems = {}, []
+    for task in tasks:
+        if task not in DATA_LAYOUT:
+            if task in per_task:
+                out[task] = per_task[task]
+            elif not per_task:
+                out[task] = data_root
+            continue
+        sub, needed, alternatives = DATA_LAYOUT[task]
+        root = Path(per_task[task]) if task in per_task else Path(data_root) / sub
+        if per_task and task not in per_task:
+            problems.append(f"{task}: no folder given (add {task}=DIR to --data-root)")
+            continue
+        for candidate in (root, *(root / a for a in alternatives)):
+            if all((candidate / n).exists() for n in needed):
+                out[task] = str(candidate)
+                break
+        else:
+            missing = [n for n in needed if not (root / n).exists()]
+            problems.append(f"{task}: looked in {root} for {', '.join(needed)}; missing {', '.join(missing)} "
+                            f"(pass --data-root {task}=DIR for another folder)")
+    if problems:
+        raise PlanError("data not found:\n  " + "\n  ".join(problems))
+    return out
+
+
+def check_embedded_data() -> None:
+    from harness.data.fashion_mnist import find_dir
+
+    try:
+        find_dir()
+    except FileNotFoundError as e:
+        raise PlanError(str(e)) from None
+
+
+def resolve_weights(name: str, spec: Any, given: str | None) -> str | None:
+    """The local checkpoint of a backbone, without downloading: a given file, the spec's file or the cached URL."""
+    from backbones.checkpoint import cached_path
+
+    if given:
+        if not Path(given).expanduser().is_file():
+            raise PlanError(f"--checkpoint {name}={given}: the file does not exist")
+        return str(Path(given).expanduser().resolve())
+    if spec.checkpoint:
+        if not Path(spec.checkpoint).is_file():
+            raise PlanError(f"backbone {name}: its checkpoint {spec.checkpoint} does not exist; "
+                            f"pass --checkpoint {name}=PATH")
+        return spec.checkpoint
+    if spec.url:
+        cached = cached_path(spec.url)
+        if not cached.is_file():
+            raise PlanError(f"backbone {name}: weights not in the cache (looked for {cached}); download {spec.url} "
+                            f"there, or pass --checkpoint {name}=PATH")
+        return str(cached)
+    return None
+
+
+def _pretrain_done(plan_records: dict[str, dict[str, Any]], run: Run) -> bool:
+    rec = plan_records.get(str(run.run_id))
+    return bool(rec and rec["status"] == "finished" and Path(rec.get("extra", {}).get("encoder", "")).is_file())
+
+
+@dataclass
+class Inputs:
+    """The flags and the preset, resolved and checked."""
+
+    preset: Any
+    suite: list[tuple[str, str]]
+    specs: dict[str, Any]
+    seeds: list[int]
+    given: dict[str, str]
+    overrides: dict[str, dict[str, Any]]
+    recipes: dict[str, str | None]
+    data: str  # embedded | real
+    data_roots: dict[str, str]
+
+
+def read_inputs(args: argparse.Namespace) -> Inputs:
+    from backbones.registry import get_spec, load_backbone_module
+    from harness.presets import load_preset
+
+    try:
+        preset = load_preset(args.preset)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise PlanError(f"--preset: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    for module in args.backbone_module:
+        try:
+            load_backbone_module(module)
+        except ModuleNotFoundError as e:
+            raise PlanError(str(e)) from None
+    suite = parse_suite(_split(args.suite) or preset.suite, preset.tasks)
+    backbones = _split(args.backbones) or preset.backbones
+    if not backbones:
+        raise PlanError(f"no backbones: pass --backbones (preset {preset.name} names none)")
+    specs = {}
+    for name in backbones:
+        try:
+            specs[name] = get_spec(name)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise PlanError(f"--backbones: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    try:
+        seeds = [int(s) for s in _split(args.seeds)] if args.seeds else preset.seeds
+    except ValueError:
+        raise PlanError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+    given = _pairs(args.checkpoint, "--checkpoint")
+    for name in given:
+        if name not in specs:
+            raise PlanError(f"--checkpoint {name}=...: {name} is not among the backbones ({', '.join(specs)})")
+    tasks = [t for t, _ in suite]
+    recipes: dict[str, str | None] = {"*": None, **_pairs([r if "=" in r else f"*={r}" for r in args.recipe],
+                                                          "--recipe")}
+    embedded = preset.data == "embedded" and not args.data_root
+    if embedded:
+        check_embedded_data()
+    return Inputs(preset=preset, suite=suite, specs=specs, seeds=seeds, given=given,
+                  overrides=parse_overrides(args.overrides, tasks), recipes=recipes,
+                  data="embedded" if embedded else "real",
+                  data_roots={} if embedded else check_data(tasks, args.data_root))
+
+
+def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, epochs: int | None) -> dict[str, Run]:
+    """The preset's pretrainings, for its backbones that no --checkpoint replaces."""
+    pre, made = inp.preset.pretrain, {}
+    for name, spec in inp.specs.items():
+        if not pre or name not in pre.backbones or name in inp.given:
+            continue
+        method = pre.backbones[name]
+        recipe = pre.recipe.format(method=method) if pre.recipe else None
+        run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=spec.to_dict(),
+                  recipe=recipe, overrides=pre.overrides, data=inp.data, method=method, epochs=epochs or pre.epochs,
+                  data_root=inp.data_roots.get("in1k"))
+        if recipe:
+            run.recipe_version = recipe_version("pretrain", pre.target, recipe, pre.overrides)
+        run.assign_id()
+        run.status = "done" if _pretrain_done(records, run) and not force else "todo"
+        made[name] = run
+    return made
+
+
+def local_weights(inp: Inputs, made: dict[str, Run]) -> dict[str, str | None]:
+    """Every other backbone's checkpoint, all checked at once so that one message lists every missing file."""
+    weights, problems = {}, []
+    for name, spec in inp.specs.items():
+        if name in made:
+            continue
+        try:
+            weights[name] = resolve_weights(name, spec, inp.given.get(name))
+        except PlanError as e:
+            problems.append(str(e))
+    if problems:
+        raise PlanError("weights not found:\n  " + "\n  ".join(problems))
+    return weights
+
+
+def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None], records: dict[str, dict[str, Any]],
+              sha_cache: Path, args: argparse.Namespace) -> list[Run]:
+    """One run per (seed, task, protocol, backbone): a whole table per seed first."""
+    runs = []
+    for seed in inp.seeds:
+        for task, target in inp.suite:
+            recipe = inp.recipes.get(task) or inp.recipes["*"] or inp.preset.recipe_for(task)
+            version = recipe_version(task, target, recipe, inp.overrides[task])
+            for protocol in _protocols(task, args.protocols, inp.preset.protocols):
+                for name, spec in inp.specs.items():
+                    run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(), seed=seed,
+                              protocol=protocol, recipe=recipe, recipe_version=version,
+                              overrides=inp.overrides[task], data=inp.data, data_root=inp.data_roots.get(task),
+                              after=made.get(name), checkpoint=None if name in made else weights[name])
+                    _resolve(run, records, sha_cache, args.force)
+                    runs.append(run)
+    return runs
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Resolves flags and preset into runs, and checks data, weights and recipes before anything runs."""
+    inp = read_inputs(args)
+    out = Path(args.out)
+    records = store.latest(store.read_records(out / "records"))
+    made = pretrain_runs(inp, records, args.force, args.pretrain_epochs)
+    weights = local_weights(inp, made)
+    runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", args)
+    return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name,
+                backbone_modules=list(args.backbone_module))
+
+
+def _protocols(task: str, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
+    known = TASK_PROTOCOLS.get(task)
+    if not known:
+        return [None]
+    chosen = _split(flag) or preset.get(task) or list(known)
+    bad = [p for p in chosen if p not in known]
+    if bad:
+        raise PlanError(f"--protocols: unknown {', '.join(bad)} for {task} (known: {', '.join(known)})")
+    return list(chosen)
+
+
+def _resolve(run: Run, records: dict[str, dict[str, Any]], sha_cache: Path, force: bool) -> None:
+    """Gives a task run its checkpoint, sha256, id and plan status, once its weights exist."""
+    if run.after is not None:
+        if run.after.status not in ("done", "finished"):
+            run.status = "pending"
+            return
+        run.checkpoint = records[str(run.after.run_id)]["extra"]["encoder"]
+    run.sha256 = provenance.cached_sha256(run.checkpoint, sha_cache) if run.checkpoint else None
+    run.assign_id()
+    rec = records.get(str(run.run_id))
+    if rec and rec["status"] == "finished" and not force:
+        run.status = "done"
+    else:
+        run.status = "failed" if rec and rec["status"] == "failed" else "todo"
+
+
+# --- printing ---
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    width = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, width, strict=False)).rstrip()
+             for r in [header, ["-" * w for w in width], *rows]]
+    return "\n".join(lines)
+
+
+def print_plan(plan: Plan) -> None:
+    rows = []
+    for r in plan.runs:
+        rid = r.run_id or (f"after:{r.after.run_id}" if r.after else "-")
+        what = r.method if r.kind == "pretrain" else (r.protocol or "-")
+        rows.append([str(rid), r.kind, r.backbone, r.task, what, str(r.seed), str(r.recipe), r.status])
+    todo = sum(r.status != "done" for r in plan.runs)
+    print(f"plan for {plan.out} (preset {plan.preset}): {len(plan.runs)} runs, {len(plan.runs) - todo} done, "
+          f"{todo} to run")
+    print(_table(rows, ["run_id", "kind", "backbone", "task", "protocol", "seed", "recipe", "status"]))
+
+
+# --- progress: a live view of the current run, from the tail of its log ---
+
+_MM_STEP = re.compile(r"\[\s*(\d+)/(\d+)\]")  # mmengine: Epoch(train) [1][ 50/100] ... eta: 0:01:02
+_MM_ETA = re.compile(r"eta: ((?:\d+ days?, )?\d+:\d\d:\d\d)")
+_TQDM = re.compile(r"(\d+)/(\d+) \[[\d:]+<([\d:?]+)")  # tqdm: 40/100 [00:10<00:15, ...]
+_STEP = re.compile(r"\bstep (\d+)/(\d+)")  # tasks' own lines
+
+
+def log_progress(log: Path, tail: int = 4096) -> str:
+    """'step 50/100, eta 0:00:15' from the last line of the log that reports one, or ''."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    for line in reversed(re.split(r"[\r\n]", text)):
+        if m := _TQDM.search(line):
+            return f"step {m[1]}/{m[2]}, eta {m[3]}"
+        if m := _MM_STEP.search(line):
+            eta = _MM_ETA.search(line)
+            return f"step {m[1]}/{m[2]}" + (f", eta {eta[1]}" if eta else "")
+        if m := _STEP.search(line):
+            return f"step {m[1]}/{m[2]}"
+    return ""
+
+
+class Progress:
+    """A rich live line on a terminal; one plain line per event otherwise (logs, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.index = total, 0
+        self.live = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(), refresh_per_second=2, transient=True)
+            self.live.start()
+
+    def start(self, run: Run) -> None:
+        self.index += 1
+        self.t0 = time.time()
+        self.line(run, "starting")
+        if self.live is None:
+            print(f"[{self.index}/{self.total}] {run.run_id} {run.label} ...", flush=True)
+
+    def line(self, run: Run, detail: str) -> None:
+        if self.live is not None:
+            elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self.t0))
+            from rich.text import Text
+
+            self.live.update(Text(f"[{self.index}/{self.total}] {run.label}  {elapsed}  {detail}"))
+
+    def end(self, run: Run) -> None:
+        msg = f"[{self.index}/{self.total}] {run.run_id} {run.label}: {run.status}"
+        if run.wall is not None:
+            msg += f" in {run.wall:.1f} s"
+        if run.status == "failed":
+            msg += f" ({run.error}; log {run.log})"
+        if self.live is not None:
+            self.live.console.print(msg, markup=False, highlight=False)
+        else:
+            print(msg, flush=True)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+# --- running one run ---
+
+
+def job_dict(plan: Plan, run: Run, attempt: str, launcher: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id, "attempt": attempt, "kind": run.kind, "task": run.task, "target": run.target,
+        "protocol": run.protocol, "backbone": run.backbone, "backbone_spec": run.spec, "checkpoint": run.checkpoint,
+        "checkpoint_sha256": run.sha256, "recipe": run.recipe, "recipe_version": run.recipe_version,
+        "overrides": run.overrides, "seed": run.seed, "data_root": run.data_root, "method": run.method,
+        "epochs": run.epochs, "pretrain_run": ({"run_id": run.after.run_id, "method": run.after.method,
+                                                "epochs": run.after.epochs} if run.after else None),
+        "work_dir": str(plan.work_dir(run).resolve()), "log": str(plan.log(run).resolve()),
+        "records": str(plan.records.resolve()), "backbone_modules": plan.backbone_modules,
+        "allow_pickle": args.trust_checkpoint, "launcher": launcher, "device": args.device,
+    }
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def claim(work: Path) -> int | None:
+    """An exclusive lock on a run's work folder (a descriptor to keep open), or None when another process holds it.
+
+    The worker inherits the descriptor, so a worker that outlives a killed runner still holds the run."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def prepare(plan: Plan, run: Run, launcher: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any], int] | None:
+    """Claims the work folder (emptied under --force), writes the log header and the job file of a new attempt.
+
+    None when another `harness run` is running this run now (the run is then 'busy')."""
+    work = plan.work_dir(run)
+    lock = claim(work)
+    if lock is None:
+        run.status, run.error = "busy", f"another process holds {work / '.lock'}"
+        return None
+    if args.force:
+        for child in work.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    plan.log(run).parent.mkdir(parents=True, exist_ok=True)
+    job = job_dict(plan, run, store.new_attempt(), launcher, args)
+    with open(plan.log(run), "a") as log:
+        log.write(f"\n===== {provenance.now()} run {run.run_id} attempt {job['attempt']}: {run.label} =====\n")
+    path = work / "job.json"
+    _write_json(path, job)
+    return path, job, lock
+
+
+def worker_command(job_path: Path, launcher: str, gpus: int) -> list[str]:
+    """The command of one run: the worker, directly or under torchrun (`--standalone`: a free port per run)."""
+    worker = ["-m", "harness.worker", str(job_path)]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                "--nproc_per_node", str(gpus), *worker]
+    return [sys.executable, *worker]
+
+
+def worker_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(provenance.PROJECT_ROOT), os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    if args.log_backend:
+        env["HARNESS_LOG_BACKEND"] = args.log_backend  # harness.worker.vis_backends() reads it
+    return env
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == 137:
+        return "killed (exit 137: SIGKILL, often the out-of-memory killer)"
+    return f"exit status {code}"
+
+
+def record_crash(plan: Plan, run: Run, job: dict[str, Any], reason: str, started: str, wall: float) -> None:
+    """The record of an attempt that ended without writing its own (a signal, the OOM killer, a torchrun failure)."""
+    from harness.worker import build_record
+
+    rec = build_record(job, "failed", error=f"worker {reason}; see {job['log']}", started_at=started,
+                       wall_time_s=wall)
+    store.write_record(plan.records, rec)
+
+
+def finish(plan: Plan, run: Run, job: dict[str, Any], code: int | None, started: str, wall: float) -> None:
+    """Reads the attempt's record (or writes the crash record) and sets the run's final status."""
+    if not store.has_attempt(plan.records, str(run.run_id), job["attempt"]):
+        record_crash(plan, run, job, exit_reason(code), started, wall)
+    rec = next(r for r in store.read_records(plan.records) if r["attempt"] == job["attempt"])
+    run.status, run.wall, run.metrics, run.error = rec["status"], wall, rec.get("metrics") or {}, rec.get("error")
+    run.log = job["log"]
+
+
+def run_local(plan: Plan, run: Run, args: argparse.Namespace, progress: Progress) -> None:
+    launcher = "pytorch" if args.launcher == "torchrun" else "none"
+    prepared = prepare(plan, run, launcher, args)
+    if prepared is None:
+        return
+    job_path, job, lock = prepared
+    started, t0 = provenance.now(), time.time()
+    try:
+        with open(plan.log(run), "ab") as log:
+            proc = subprocess.Popen(worker_command(job_path, args.launcher, args.gpus), stdout=log,
+                                    stderr=subprocess.STDOUT, env=worker_env(args), start_new_session=True,
+                                    pass_fds=(lock,))
+        (plan.work_dir(run) / "worker.pid").write_text(str(proc.pid))
+        try:
+            while proc.poll() is None:
+                progress.line(run, log_progress(plan.log(run)))
+                time.sleep(0.25)
+        except KeyboardInterrupt:  # the worker has its own session: stop it (and its torchrun children) ourselves
+            _stop(proc)
+            finish(plan, run, job, proc.returncode, started, time.time() - t0)
+            raise
+        finish(plan, run, job, proc.returncode, started, time.time() - t0)
+    finally:
+        os.close(lock)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def slurm_executor(plan: Plan, args: argparse.Namespace) -> Any:
+    import submitit
+
+    cluster = None if args.slurm_cluster == "slurm" else args.slurm_cluster
+    ex = submitit.AutoExecutor(folder=plan.out / "slurm" / "%j", cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": args.slurm_time, "tasks_per_node": args.gpus, "nodes": args.nodes}
+    if args.slurm_cluster == "slurm":
+        params.update(gpus_per_node=args.gpus, slurm_partition=args.slurm_partition)
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def run_slurm(plan: Plan, runs: list[Run], args: argparse.Namespace, progress: Progress) -> None:
+    """Submits the runs as submitit jobs (they run in parallel on the cluster) and waits for all of them."""
+    from harness.worker import SubmititJob
+
+    ex = slurm_executor(plan, args)
+    jobs = []
+    for run in runs:
+        prepared = prepare(plan, run, "slurm", args)
+        if prepared is None:
+            progress.end(run)
+            continue
+        job_path, job, lock = prepared
+        jobs.append((run, job, lock, ex.submit(SubmititJob(str(job_path))), provenance.now(), time.time()))
+        print(f"submitted {run.run_id} {run.label} as job {jobs[-1][3].job_id}", flush=True)
+    for run, job, lock, sub, started, t0 in jobs:
+        progress.start(run)
+        code: int | None = 0
+        try:
+            sub.results()
+        except Exception as e:  # the job failed: its record (or the crash record below) says why
+            code = 1
+            print(f"job {sub.job_id} of {run.run_id}: {str(e).strip().splitlines()[-1] if str(e) else e}",
+                  flush=True)
+        finally:
+            os.close(lock)
+        finish(plan, run, job, code, started, time.time() - t0)
+        progress.end(run)
+
+
+# --- the command ---
+
+
+def execute(plan: Plan, args: argparse.Namespace) -> list[Run]:
+    """Runs what is not done: pretrainings first, then the task runs whose weights now exist."""
+    todo = [r for r in plan.runs if r.status != "done"]
+    progress = Progress(len(todo))
+    try:
+        for phase in ("pretrain", "task"):
+            batch = []
+            for run in (r for r in todo if r.kind == phase):
+                if phase == "task" and run.run_id is None:
+                    if not _after_finished(plan, run, args.force):
+                        run.status = "blocked"
+                        run.error = f"pretraining {run.after.run_id} did not finish"
+                        continue
+                    if run.status == "done":
+                        continue
+                batch.append(run)
+            if args.launcher == "slurm":
+                run_slurm(plan, batch, args, progress)
+                continue
+            for run in batch:
+                progress.start(run)
+                run_local(plan, run, args, progress)
+                progress.end(run)
+    finally:
+        progress.stop()
+    return plan.runs
+
+
+def _after_finished(plan: Plan, run: Run, force: bool) -> bool:
+    """Once its pretraining has finished: the checkpoint, sha256, id and done-ness of a pending run."""
+    assert run.after is not None
+    if run.after.status not in ("done", "finished"):
+        return False
+    records = store.latest(store.read_records(plan.records))
+    _resolve(run, records, plan.out / "work" / "sha256_cache.json", force)
+    return True
+
+
+def summary(plan: Plan) -> str:
+    rows = []
+    for r in plan.runs:
+        main = next(((k, r.metrics[k]) for k in MAIN_METRICS if k in r.metrics), next(iter(r.metrics.items()), None))
+        shown = f"{main[0]}={main[1]:.4g}" if main and isinstance(main[1], int | float) else ""
+        status = {"done": "skipped (done)", "busy": "skipped (running elsewhere)"}.get(r.status, r.status)
+        note = r.error or ""
+        if r.status == "failed":
+            note = f"{note}; log {plan.log(r)}"
+        rows.append([str(r.run_id or "-"), r.label, status, f"{r.wall:.1f}" if r.wall else "", shown, note])
+    return _table(rows, ["run_id", "run", "status", "wall s", "metric", "note"])
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = build_plan(args)
+    except PlanError as e:
+        print(f"harness run: {e}", file=sys.stderr)
+        return DID_NOT_START
+    if args.dry_run:
+        print_plan(plan)
+        return 0
+    try:
+        execute(plan, args)
+    except KeyboardInterrupt:
+        print(summary(plan))
+        print("harness run: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(summary(plan))
+    failed = sum(r.status in ("failed", "blocked") for r in plan.runs)
+    if not args.no_report:
+        _report(plan, args)
+    return min(failed, MAX_FAILED)
+
+
+def _report(plan: Plan, args: argparse.Namespace) -> None:
+    try:
+        from harness.report import write_report
+
+        written = write_report(plan.records, plan.out / "results", formats=_split(args.report_format))
+    except Exception as e:  # the runs are recorded; a report problem must not hide that
+        print(f"harness run: the report failed ({type(e).__name__}: {e}); run `harness report --runs {plan.out}`",
+              file=sys.stderr)
+        return
+    print(f"report: {len(written)} files in {plan.out / 'results'}")
+
+

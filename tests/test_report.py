@@ -1,0 +1,178 @@
+"""`harness report` on known records: every cell of the tables (mean, std, n, delta), the published column, files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import reference, store
+from harness.report import fmt_cell, summarize, tables, write_report
+
+TINY_SPEC = {"arch": "vit_tiny_patch16_224", "arch_kwargs": {"embed_dim": 96}, "paper_name": None}
+BASE_SPEC = {"arch": "vit_base_patch16_224", "arch_kwargs": {}, "paper_name": "ViT-B"}
+_t = iter(range(10**6))
+
+
+def rec(backbone: str, family: str, task: str, protocol: str | None, seed: int, metrics: dict, *,
+        recipe: str = "tiny", status: str = "finished", spec: dict | None = None, run_id: str | None = None,
+        epochs: int | None = None, **kw) -> dict:
+    spec = {**(spec or TINY_SPEC), "family": family, "name": backbone}
+    return {
+        "run_id": run_id or f"{backbone}-{task}-{protocol}-{seed}-{recipe}", "attempt": store.new_attempt(),
+        "status": status, "kind": "task", "task": task, "protocol": protocol, "seed": seed, "metrics": metrics,
+        "recipe_name": recipe, "backbone": {"name": backbone, "spec": spec,
+                                            "pretrain": {"epochs": epochs} if epochs else None},
+        "finished_at": f"2026-01-01T00:00:00.{next(_t):06d}+00:00", **kw,
+    }
+
+
+MAE_FT = [80.0, 82.0, 84.0]
+SUP_FT = [79.0, 81.0]
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    folder = tmp_path / "records"
+    recs = [rec("mae_t", "mae", "in1k", "finetune", s, {"top1": v}) for s, v in enumerate(MAE_FT)]
+    recs += [rec("sup_t", "supervised", "in1k", "finetune", s, {"top1": v}) for s, v in enumerate(SUP_FT)]
+    recs += [rec("scratch_t", "scratch", "in1k", "finetune", 0, {"top1": 50.0})]
+    recs += [rec("mae_t", "mae", "in1k", "linprobe", 0, {"top1": 40.0}),
+             rec("sup_t", "supervised", "in1k", "linprobe", 0, {"top1": 45.5})]
+    # mmdet's raw fractions, scaled to percent; mmseg's mIoU is in percent already
+    recs += [rec("mae_t", "mae", "coco", None, 0, {"coco/bbox_mAP": 0.503, "coco/segm_mAP": 0.449}),
+             rec("sup_t", "supervised", "coco", None, 0, {"bbox_mAP": 47.9, "segm_mAP": 42.9}),
+             rec("mae_t", "mae", "ade20k", None, 0, {"mIoU": 30.0, "aAcc": 70.0})]
+    # a failed run is listed, not averaged; an older record of a run is superseded by its newest
+    recs += [rec("scratch_t", "scratch", "coco", None, 0, {}, status="failed", error="boom", log="/x.log")]
+    recs += [rec("scratch_t", "scratch", "in1k", "linprobe", 0, {"top1": 99.0}, run_id="scr-lp"),
+             rec("scratch_t", "scratch", "in1k", "linprobe", 0, {"top1": 10.0}, run_id="scr-lp")]
+    # the paper's setting: recipe 'paper', ViT-B
+    recs += [rec("mae_vit_base_patch16", "mae", "in1k", "finetune", s, {"top1": v}, recipe="paper", spec=BASE_SPEC)
+             for s, v in enumerate([83.0, 83.4])]
+    for r in recs:
+        store.write_record(folder, r)
+    return folder
+
+
+def _frame(folder: Path) -> pd.DataFrame:
+    from harness.report import flatten
+
+    return flatten(store.read_records(folder))
+
+
+def test_cells_mean_std_n_delta(records: Path) -> None:
+    out = tables(summarize(_frame(records)))
+    assert set(out) == {"in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper"}
+    in1k = out["in1k_tiny"].set_index("backbone")
+    ft, lp = "IN1K fine-tune top-1", "IN1K linear top-1"
+    m, s = statistics.mean(MAE_FT), statistics.stdev(MAE_FT)
+    assert in1k.loc["mae_t", ft] == f"{m:.1f} ± {s:.1f} (n=3)" == "82.0 ± 2.0 (n=3)"
+    assert in1k.loc["sup_t", ft] == "80.0 ± 1.4 (n=2)"
+    assert in1k.loc["scratch_t", ft] == "50.0 (n=1)"
+    assert in1k.loc["mae_t", f"Δ {ft}"] == "+2.0" and in1k.loc["scratch_t", f"Δ {ft}"] == "-30.0"
+    assert in1k.loc["sup_t", f"Δ {ft}"] == ""  # the baseline itself
+    assert in1k.loc["mae_t", lp] == "40.0 (n=1)" and in1k.loc["mae_t", f"Δ {lp}"] == "-5.5"
+    assert in1k.loc["scratch_t", lp] == "10.0 (n=1)"  # the newest record of run scr-lp
+    assert "IN1K partial top-1" not in in1k.columns  # no runs, no column
+    coco = out["coco_tiny"].set_index("backbone")
+    assert coco.loc["mae_t", "COCO APbox"] == "50.3 (n=1)" and coco.loc["mae_t", "COCO APmask"] == "44.9 (n=1)"
+    assert coco.loc["mae_t", "Δ COCO APbox"] == "+2.4" and coco.loc["mae_t", "Δ COCO APmask"] == "+2.0"
+    assert "scratch_t" not in coco.index  # failed only
+    ade = out["ade20k_tiny"].set_index("backbone")
+    assert ade.loc["mae_t", "ADE20K mIoU"] == "30.0 (n=1)" and ade.loc["mae_t", "Δ ADE20K mIoU"] == ""
+
+
+def test_summary_numbers(records: Path) -> None:
+    summary = summarize(_frame(records)).set_index(["recipe", "backbone", "column"])
+    row = summary.loc[("tiny", "mae_t", "in1k_finetune")]
+    assert row["mean"] == pytest.approx(82.0) and row["std"] == pytest.approx(2.0) and row["n"] == 3
+    assert row["delta"] == pytest.approx(2.0) and row["baseline"] == "sup_t"
+    assert summary.loc[("tiny", "sup_t", "in1k_finetune")]["std"] == pytest.approx(statistics.stdev(SUP_FT))
+
+
+def test_published_numbers_beside_the_paper_setting(records: Path) -> None:
+    paper = tables(summarize(_frame(records)))["in1k_paper"].set_index("backbone")
+    assert paper.loc["mae_vit_base_patch16", "IN1K fine-tune top-1"] == "83.2 ± 0.3 (n=2)"
+    assert paper.loc["mae_vit_base_patch16", "IN1K fine-tune top-1 (paper)"] == "83.6"
+    tiny = tables(summarize(_frame(records)))["in1k_tiny"]
+    assert not any("(paper)" in c for c in tiny.columns)  # only recipe 'paper' is compared with the paper
+    assert reference.published("mae", "ViT-L", "coco_mask") == 47.2
+    assert reference.published("supervised", "ViT-B", "ade20k_miou") == 47.4
+    assert reference.published("mocov3", "ViT-L", "coco_box") == 49.3
+    assert reference.published("mae", "ViT-H@448", "in1k_finetune") == 87.8
+    assert reference.published("mae", "ViT-B", "in1k_partial") is None  # not given rather than guessed
+
+
+def test_fmt_cell() -> None:
+    assert fmt_cell(71.234, 0.456, 3) == "71.2 ± 0.5 (n=3)"
+    assert fmt_cell(71.25, float("nan"), 1) == "71.2 (n=1)"
+
+
+def test_write_report_files(records: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    written = write_report(records, out)
+    names = {p.relative_to(out).as_posix() for p in written}
+    for table in ("in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper", "reference"):
+        assert {f"{table}.md", f"{table}.csv", f"{table}.tex"} <= names
+    for plot in ("in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper"):
+        png, svg = out / "plots" / f"{plot}.png", out / "plots" / f"{plot}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:1000]
+    md = (out / "in1k_tiny.md").read_text()
+    assert "| mae_t | mae | 82.0 ± 2.0 (n=3) | +2.0 |" in md
+    csv = pd.read_csv(out / "in1k_tiny.csv")
+    assert list(csv["backbone"]) == ["mae_t", "scratch_t", "sup_t"]
+    tex = (out / "in1k_tiny.tex").read_text()
+    assert r"82.0 $\pm$ 2.0 (n=3)" in tex and r"$\Delta$ IN1K fine-tune top-1" in tex and "±" not in tex
+    ref = pd.read_csv(out / "reference.csv")
+    assert len(ref) == len(reference.PUBLISHED) and 83.6 in set(ref["IN1K fine-tune top-1"])
+    readme = (out / "README.md").read_text()
+    assert "Failed runs" in readme and "boom" in readme
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"mean", "std", "n", "delta", "published"} <= set(summary.columns)
+
+
+def test_trend_plots_loss_curves_and_reconstruction(tmp_path: Path) -> None:
+    folder = tmp_path / "records"
+    for epochs, vals in ((100, [60.0, 61.0]), (400, [70.0, 72.0])):
+        for seed, v in enumerate(vals):
+            store.write_record(folder, rec(f"mae_{epochs}", "mae", "in1k", "finetune", seed, {"top1": v},
+                                           epochs=epochs))
+    log = tmp_path / "pre" / "log.jsonl"
+    log.parent.mkdir()
+    log.write_text("\n".join(json.dumps({"epoch": 0, "step": i, "loss": 1.0 / (i + 1), "lr": 0.1})
+                             for i in range(10)) + "\n{\"step\": 10, \"lo")  # the last line cut by a kill
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(tmp_path / "pre" / "reconstruction.png", [[0.0, 1.0], [1.0, 0.0]])
+    pre = {"run_id": "pre1", "attempt": "a", "status": "finished", "kind": "pretrain", "task": "pretrain",
+           "method": "mae", "backbone": {"name": "mae_t", "spec": TINY_SPEC}, "finished_at": "2026-01-01",
+           "extra": {"log_jsonl": str(log), "reconstruction": str(tmp_path / "pre" / "reconstruction.png")}}
+    store.write_record(folder, pre)
+    out = tmp_path / "results"
+    write_report(folder, out, formats=["csv"])
+    plots = {p.name for p in (out / "plots").iterdir()}
+    assert {"in1k_finetune_vs_epochs.png", "in1k_finetune_vs_epochs.svg", "pretrain_loss.png",
+            "reconstruction_mae_t.png"} <= plots
+    assert "in1k_finetune_vs_size.png" not in plots  # one size only: no size plot
+    assert not list(out.glob("*.md")) or (out / "README.md").exists()
+    assert (out / "plots" / "reconstruction_mae_t.png").read_bytes() == (log.parent / "reconstruction.png").read_bytes()
+
+
+def test_report_command(records: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["harness"])
+    out = tmp_path / "res"
+    assert main(["report", "--runs", str(records.parent), "--out", str(out), "--format", "md", "--no-plots"]) == 0
+    assert (out / "in1k_tiny.md").is_file() and not (out / "plots").exists()
+    assert "82.0 ± 2.0 (n=3)" in capsys.readouterr().out
+    assert main(["report", "--runs", str(records.parent), "--out", str(out), "--format", "html"]) == 2
+    assert main(["report", "--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1

@@ -1,0 +1,290 @@
+"""`harness run` end to end with the dummy task: plan, skip, resume after SIGKILL, failures, pretraining, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
+    sys.path.insert(0, str(ROOT))
+
+from harness import store  # noqa: E402
+from harness.runner import DID_NOT_START, Run, log_progress  # noqa: E402
+
+DUMMY = str(Path(__file__).with_name("dummy_task.py"))
+TINY = ["mae_vit_tiny_patch4", "supervised_vit_tiny_patch4", "scratch_vit_tiny_patch4"]
+
+
+def write_suite(tmp: Path, *, steps: int = 2, sleep: float = 0.0, pretrain: bool = False, data: str = "embedded",
+                suite: str = "[in1k, coco]", protocols: str = "[finetune, linprobe]") -> Path:
+    """A preset YAML pointing in1k and coco at the dummy task, with its own versioned recipe."""
+    (tmp / "dummy.yaml").write_text(f"version: 1\nsteps: {steps}\nsleep: {sleep}\nfail_on: null\nmetric: top1\n"
+                                    "base: 50.0\n")
+    pre = (f"pretrain:\n  target: {DUMMY}:pretrain\n  epochs: 2\n"
+           "  backbones: {mae_vit_tiny_patch4: mae, supervised_vit_tiny_patch4: supervised}\n") if pretrain else ""
+    path = tmp / "preset.yaml"
+    path.write_text(
+        f"description: dummy suite\ndata: {data}\nsuite: {suite}\n"
+        f"tasks: {{in1k: '{DUMMY}:run', coco: '{DUMMY}:run'}}\n"
+        f"backbones: [{', '.join(TINY)}]\nrecipe: {tmp / 'dummy.yaml'}\nprotocols: {{in1k: {protocols}}}\n"
+        f"seeds: [0]\n{pre}"
+    )
+    return path
+
+
+def harness(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    from harness.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["harness"])
+    return main([*argv])
+
+
+def base_args(preset: Path, out: Path) -> list[str]:
+    return ["run", "--preset", str(preset), "--out", str(out), "--device", "cpu", "--report-format", "md"]
+
+
+def latest(out: Path) -> dict[str, dict]:
+    return store.latest(store.read_records(out / "records"))
+
+
+def test_dry_run_prints_every_run_and_writes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path), tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run", "--seeds", "0,1") == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if re.fullmatch(r"[0-9a-f]{12}", (line.split() or [""])[0])]
+    # 3 backbones x (in1k finetune, in1k linprobe, coco) x 2 seeds
+    assert len(rows) == 18 and all(line.rstrip().endswith("todo") for line in rows)
+    assert len({line.split()[0] for line in rows}) == 18  # every run its own id
+    for b in TINY:
+        assert b in text
+    assert "finetune" in text and "linprobe" in text
+    assert not out.exists()
+
+
+def test_runs_then_skips_finished_and_force_reruns(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path, suite="[in1k]", protocols="[finetune]"), tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out)) == 0
+    first = latest(out)
+    assert len(first) == 3 and all(r["status"] == "finished" for r in first.values())
+    rec = next(iter(first.values()))
+    assert rec["task"] == "in1k" and rec["protocol"] == "finetune" and rec["recipe_version"] == 1
+    assert rec["recipe"]["steps"] == 2 and rec["versions"]["torch"] and rec["git"]["commit"] is not None
+    assert rec["backbone"]["spec"]["arch"] == "vit_tiny_patch16_224" and rec["wall_time_s"] > 0
+    assert Path(rec["log"]).is_file() and "step 2/2" in Path(rec["log"]).read_text()
+    assert Path(rec["work_dir"]) == (out / "work" / rec["run_id"]).resolve()
+    n_files = len(list((out / "records").glob("*.json")))
+    capsys.readouterr()
+
+    assert harness(monkeypatch, *base_args(preset, out)) == 0
+    assert "skipped (done)" in capsys.readouterr().out
+    assert len(list((out / "records").glob("*.json"))) == n_files  # nothing ran, nothing written
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run") == 0
+    assert "0 to run" in capsys.readouterr().out
+
+    assert harness(monkeypatch, *base_args(preset, out), "--force") == 0
+    assert len(list((out / "records").glob("*.json"))) == 2 * n_files
+    again = latest(out)
+    assert set(again) == set(first)
+    assert all(again[k]["attempt"] != first[k]["attempt"] for k in first)  # the newest record wins
+    assert all(again[k]["metrics"]["resumed_from"] == 0 for k in again)  # --force starts from scratch
+    assert (out / "results" / "in1k.md").is_file()
+
+
+def test_a_run_held_by_another_process_is_left_alone(tmp_path, monkeypatch, capsys) -> None:
+    import fcntl
+
+    preset, out = write_suite(tmp_path, suite="[coco]"), tmp_path / "out"
+    args = [*base_args(preset, out), "--backbones", "scratch_vit_tiny_patch4", "--no-report"]
+    assert harness(monkeypatch, *args) == 0
+    (rec,) = latest(out).values()
+    with open(out / "work" / rec["run_id"] / ".lock", "w") as held:  # as a second `harness run` working on it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        capsys.readouterr()
+        assert harness(monkeypatch, *args, "--force") == 0
+        assert "running elsewhere" in capsys.readouterr().out
+        assert len(list((out / "records").glob("*.json"))) == 1
+        assert (out / "work" / rec["run_id"] / "state.json").is_file()  # --force did not empty a folder in use
+
+
+def test_run_id_follows_what_determines_the_result(tmp_path) -> None:
+    spec = {"name": "a", "arch": "vit", "family": "mae", "arch_kwargs": {"depth": 2}, "description": "x"}
+
+    def rid(**kw) -> str:
+        run = Run(**{"kind": "task", "task": "in1k", "target": "t:run", "backbone": "a", "spec": spec,
+                     "recipe": "tiny", "recipe_version": 1, "protocol": "finetune", "sha256": "00", **kw})
+        run.assign_id()
+        return str(run.run_id)
+
+    ref = rid()
+    assert ref == rid() and len(ref) == 12
+    for change in ({"seed": 1}, {"protocol": "linprobe"}, {"recipe_version": 2}, {"recipe": "paper"},
+                   {"overrides": {"optim.lr": 0.1}}, {"sha256": "01"}, {"task": "coco"},
+                   {"spec": {**spec, "arch_kwargs": {"depth": 3}}}):
+        assert rid(**change) != ref, change
+    # what does not change the numbers does not change the id
+    assert rid(spec={**spec, "description": "other words", "checkpoint": "/elsewhere.pth"}) == ref
+    assert rid(data_root="/moved/imagenet") == ref
+
+
+def test_failing_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path), tmp_path / "out"
+    args = [*base_args(preset, out), "--set", "in1k.fail_on=scratch_vit_tiny_patch4",
+            "--set", "coco.metric=bbox_mAP"]
+    assert harness(monkeypatch, *args) == 2  # the exit status counts the failed runs
+    recs = list(latest(out).values())
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert len(recs) == 9 and len(failed) == 2
+    assert all(r["backbone"]["name"] == "scratch_vit_tiny_patch4" and r["task"] == "in1k" for r in failed)
+    assert all("dummy failure" in r["error"] for r in failed)
+    assert all("Traceback" in Path(r["log"]).read_text() for r in failed)
+    text = capsys.readouterr().out
+    assert "failed" in text and failed[0]["log"] in text
+    coco = [r for r in recs if r["task"] == "coco"]
+    assert all(r["status"] == "finished" and "bbox_mAP" in r["metrics"] for r in coco)
+    readme = (out / "results" / "README.md").read_text()
+    assert "Failed runs" in readme
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_worker_killed_midway_resumes(tmp_path) -> None:
+    preset, out = write_suite(tmp_path, steps=12, sleep=0.25, suite="[in1k]", protocols="[finetune]"), tmp_path / "o"
+    cmd = [sys.executable, "-m", "harness", *base_args(preset, out), "--backbones", "mae_vit_tiny_patch4",
+           "--checkpoint", f"mae_vit_tiny_patch4={DUMMY}", "--no-report"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    states = lambda: list((out / "work").glob("*/state.json"))  # noqa: E731
+    _wait_for(lambda: states() and json.loads(states()[0].read_text())["step"] >= 3)
+    work = states()[0].parent
+    os.kill(int((work / "worker.pid").read_text()), signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stdout
+    (rec,) = latest(out).values()
+    assert rec["status"] == "failed" and "SIGKILL" in rec["error"] and rec["log"] in rec["error"]
+    done_before = json.loads((work / "state.json").read_text())["step"]
+    assert 3 <= done_before < 12
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    (rec2,) = latest(out).values()
+    assert rec2["run_id"] == rec["run_id"] and rec2["status"] == "finished"
+    assert rec2["metrics"]["resumed_from"] == done_before  # continued from its work folder, not from zero
+    log = Path(rec2["log"]).read_text()
+    assert log.count("===== ") == 2 and f"resuming from step {done_before}" in log
+
+
+def test_pretraining_is_a_recorded_skippable_step(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path, pretrain=True, suite="[in1k]", protocols="[finetune]"), tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run") == 0
+    plan = capsys.readouterr().out
+    kinds = [line.split()[1] for line in plan.splitlines()[3:]]
+    assert kinds.count("pretrain") == 2 and plan.count("pending") == 2  # ids wait for the encoders' sha256
+    assert harness(monkeypatch, *base_args(preset, out), "--report-format", "md,csv") == 0
+    recs = latest(out)
+    pre = {r["backbone"]["name"]: r for r in recs.values() if r["kind"] == "pretrain"}
+    tasks = {r["backbone"]["name"]: r for r in recs.values() if r["kind"] == "task"}
+    assert set(pre) == {"mae_vit_tiny_patch4", "supervised_vit_tiny_patch4"} and len(tasks) == 3
+    for name, p in pre.items():
+        encoder = Path(p["extra"]["encoder"])
+        assert tasks[name]["backbone"]["checkpoint"] == str(encoder)
+        assert tasks[name]["backbone"]["sha256"] == p["extra"]["encoder_sha256"]
+        assert tasks[name]["backbone"]["pretrain"]["run_id"] == p["run_id"]
+    assert tasks["scratch_vit_tiny_patch4"]["backbone"]["checkpoint"] is None
+    assert pre["mae_vit_tiny_patch4"]["metrics"]["final_loss"] == pytest.approx(1 / 8 + 0.1)
+    assert (out / "results" / "plots" / "pretrain_loss.png").is_file()
+    assert (out / "results" / "plots" / "reconstruction_mae_vit_tiny_patch4.png").is_file()
+    capsys.readouterr()
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run") == 0
+    plan = capsys.readouterr().out
+    assert "0 to run" in plan and "pending" not in plan
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run", "--pretrain-epochs", "3") == 0
+    plan = capsys.readouterr().out  # other epochs, other pretrainings, and the runs that wait for them
+    assert "1 done, 4 to run" in plan.splitlines()[0] and plan.count("pending") == 2  # scratch stays done
+
+
+def test_missing_data_stops_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path, data="real", suite="[in1k, coco]"), tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out)) == DID_NOT_START
+    err = capsys.readouterr().err
+    assert "--data-root" in err and "imagenet/" in err and "coco/" in err
+    (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
+    assert harness(monkeypatch, *base_args(preset, out), "--data-root", str(tmp_path / "data")) == DID_NOT_START
+    err = capsys.readouterr().err
+    assert str(tmp_path / "data" / "imagenet") in err and "missing val" in err
+    assert "annotations/instances_train2017.json" in err and "--data-root coco=DIR" in err
+    assert not out.exists()
+
+
+def test_missing_weights_and_bad_flags_stop_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    preset, out = write_suite(tmp_path), tmp_path / "out"
+    args = base_args(preset, out)
+    assert harness(monkeypatch, *args, "--backbones", "mae_vit_base_patch16") == DID_NOT_START
+    err = capsys.readouterr().err
+    assert str(tmp_path / "cache" / "weights" / "mae_pretrain_vit_base.pth") in err
+    assert "--checkpoint mae_vit_base_patch16=PATH" in err
+    assert harness(monkeypatch, *args, "--checkpoint", f"scratch_vit_tiny_patch4={tmp_path}/no.pth") == DID_NOT_START
+    assert "does not exist" in capsys.readouterr().err
+    assert harness(monkeypatch, *args, "--set", "in1k.stepz=3") == DID_NOT_START
+    assert "stepz" in capsys.readouterr().err
+    assert harness(monkeypatch, *args, "--suite", "in1kk") == DID_NOT_START
+    assert "did you mean" in capsys.readouterr().err
+    assert harness(monkeypatch, *args, "--protocols", "finetune,probe") == DID_NOT_START
+    assert "probe" in capsys.readouterr().err
+    assert harness(monkeypatch, *args, "--backbones", "mae_vit_tiny_patch44") == DID_NOT_START
+    assert "mae_vit_tiny_patch4" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    code = ("import sys, harness.runner, harness.report, harness.store, harness.plots, harness.presets, "
+            "harness.provenance, harness.reference, harness.worker; "
+            "heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'timm') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "harness", "run", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "--launcher" in r.stdout and "--dry-run" in r.stdout
+    assert time.time() - t0 < 5
+
+
+def test_log_progress_reads_task_output(tmp_path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("start\nEpoch(train)  [2][ 40/100]  lr: 1e-3  eta: 0:01:05  loss: 0.3\n")
+    assert log_progress(log) == "step 40/100, eta 0:01:05"
+    log.write_text("pretrain:  40%|####      | 40/100 [00:10<00:15,  4.0it/s]\r 41/100 [00:10<00:14, 4.0it/s]")
+    assert log_progress(log) == "step 41/100, eta 00:14"
+    log.write_text("step 3/12\n")
+    assert log_progress(log) == "step 3/12"
+    assert log_progress(tmp_path / "missing.log") == ""
+
+
+def test_builtin_presets_plan(tmp_path, monkeypatch, capsys) -> None:
+    """The shipped presets name recipes and backbones that exist; tiny plans the README's demo."""
+    from harness.presets import list_presets, load_preset
+
+    assert {"tiny", "paper", "short"} <= set(list_presets())
+    assert harness(monkeypatch, "run", "--preset", "tiny", "--out", str(tmp_path / "t"), "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "23 runs" in lines[0]  # 3 pretrainings + 4 backbones x (3 in1k protocols + coco + ade20k)
+    kinds = [line.split()[1] for line in lines[3:]]
+    assert kinds.count("pretrain") == 3 and kinds.count("task") == 20
+    assert load_preset("tiny").pretrain.backbones["mocov3_vit_tiny_patch4"] == "mocov3"
+    for name in ("paper", "short"):
+        assert harness(monkeypatch, "run", "--preset", name, "--out", str(tmp_path / name)) == DID_NOT_START
+        assert "--data-root" in capsys.readouterr().err
