@@ -1,0 +1,331 @@
+"""The mmengine adapter: any registered backbone as an mmdet / mmseg backbone, and layer-wise lr decay for it.
+
+The simple feature pyramid and window attention follow ViTDet (Li et al. 2022, "Exploring Plain Vision Transformer
+Backbones for Object Detection"; detectron2 `modeling/backbone/vit.py`); the four-tap pyramid and layer decay follow
+the BEiT / MAE segmentation code (mmseg `Feature2Pyramid`, `LearningRateDecayOptimizerConstructor`).
+
+Importing this module registers, in mmengine's root registries (found from both the mmdet and mmseg scopes, under
+names neither library has):
+
+* `HarnessViT` (MODELS): `dict(type='HarnessViT', backbone='mae_vit_base_patch16', checkpoint=None, img_size=(H, W),
+  pyramid='taps', ...)`; the weights are loaded through `backbones.create_backbone` with every key accounted for;
+* `HarnessLayerDecayOptimizerConstructor` (OPTIM_WRAPPER_CONSTRUCTORS): `constructor=...` with
+  `paramwise_cfg=dict(layer_decay_rate=0.65)`.
+
+Configs also name `custom_imports=dict(imports=['backbones.mm'], allow_failed_imports=False)`; tasks import this module
+themselves as well, because `Runner.from_cfg` on a dict ignores `custom_imports`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from torch import nn
+
+import harness.compat  # noqa: F401  (fixes applied on import)
+from backbones.checkpoint import build_model, create_backbone
+from backbones.registry import get_spec
+
+SCALE_FACTORS = (4.0, 2.0, 1.0, 0.5)
+PYRAMIDS = ("simple", "taps")
+_KNOWN_SCALES = (4.0, 2.0, 1.0, 0.5)
+# Modules of a classifier that a dense backbone never uses: removed so that DDP sees no parameter without a gradient.
+_UNUSED_TOP_MODULES = ("norm", "fc_norm", "head")
+_NO_WEIGHT_DECAY = ("cls_token", "reg_token", "dist_token", "mask_token", "pos_embed", "relative_position_bias_table")
+
+
+@lru_cache(maxsize=32)
+def arch_shape(backbone: str) -> tuple[int, int, int]:
+    """(embed_dim, depth, patch_size) of a backbone, from its architecture built on the meta device (no weights)."""
+    with torch.device("meta"):
+        model = build_model(get_spec(backbone))
+    return int(model.embed_dim), len(model.blocks), int(model.patch_embed.patch_size[0])
+
+
+_arch_shape = arch_shape  # the earlier name, which tasks.detection imports
+
+
+def _check_pyramid(pyramid: str, scale_factors: Sequence[float]) -> None:
+    if pyramid not in PYRAMIDS:
+        raise ValueError(f"pyramid must be one of {', '.join(PYRAMIDS)}, not {pyramid!r}")
+    bad = [s for s in scale_factors if float(s) not in _KNOWN_SCALES]
+    if bad or not scale_factors:
+        raise ValueError(f"scale_factors must be taken from {_KNOWN_SCALES}, got {tuple(scale_factors)}")
+
+
+def _out_channels(dim: int, pyramid: str, scale: float) -> int:
+    if pyramid == "taps":
+        return dim
+    return {4.0: dim // 4, 2.0: dim // 2}.get(float(scale), dim)  # ViTDet: upsampling halves the width per x2
+
+
+def pyramid_channels(backbone: str, pyramid: str = "taps", scale_factors: Sequence[float] = SCALE_FACTORS) -> list[int]:
+    """Channels of the four outputs: `[D//4, D//2, D, D]` (simple) or `[D] * 4` (taps) for scales (4, 2, 1, 0.5)."""
+    _check_pyramid(pyramid, scale_factors)
+    dim = arch_shape(backbone)[0]
+    return [_out_channels(dim, pyramid, s) for s in scale_factors]
+
+
+def pyramid_strides(backbone: str, scale_factors: Sequence[float] = SCALE_FACTORS) -> list[int]:
+    """Strides of the outputs, patch_size / scale: 4, 8, 16, 32 for patch 16. A non-integral stride (patch 14) is
+    returned as a float."""
+    _check_pyramid("taps", scale_factors)
+    patch = arch_shape(backbone)[2]
+    strides = [patch / float(s) for s in scale_factors]
+    return [int(s) if float(s).is_integer() else s for s in strides]
+
+
+def _rescale(dim: int, scale: float, pyramid: str) -> nn.Module:
+    """x4: two stride-2 transposed convs with LayerNorm2d + GELU between; x2: one; x1: identity; x0.5: max-pool."""
+    from timm.layers import LayerNorm2d
+
+    scale = float(scale)
+    if scale == 4.0:
+        mid = dim // 2 if pyramid == "simple" else dim
+        out = _out_channels(dim, pyramid, scale)
+        return nn.Sequential(
+            nn.ConvTranspose2d(dim, mid, 2, 2), LayerNorm2d(mid), nn.GELU(), nn.ConvTranspose2d(mid, out, 2, 2)
+        )
+    if scale == 2.0:
+        return nn.ConvTranspose2d(dim, _out_channels(dim, pyramid, scale), 2, 2)
+    if scale == 1.0:
+        return nn.Identity()
+    return nn.MaxPool2d(2, 2)
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[B, H, W, D] -> [B * nH * nW, window * window, D], zero-padding H and W up to multiples of `window`."""
+    B, H, W, D = x.shape
+    pad_h, pad_w = (-H) % window, (-W) % window
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // window, window, Wp // window, window, D).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, D), (Hp, Wp)
+
+
+def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The inverse of `window_partition`: [B * nH * nW, window * window, D] -> [B, H, W, D]."""
+    Hp, Wp = padded
+    B = x.shape[0] // ((Hp // window) * (Wp // window))
+    x = x.view(B, Hp // window, Wp // window, window, window, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, Hp, Wp, -1)[:, : size[0], : size[1]]
+
+
+def _create_vit(backbone: str, **kwargs: Any) -> nn.Module:
+    """The timm model with inputs of any size (timm's `dynamic_img_size`: pos-embed resampled on the fly, input padded
+    to the patch size) where the architecture supports it (VisionTransformer); others (BEiT) keep their fixed size."""
+    try:
+        return create_backbone(backbone, dynamic_img_size=True, dynamic_img_pad=True, **kwargs)
+    except TypeError as e:
+        if "dynamic_img" not in str(e):
+            raise
+    return create_backbone(backbone, **kwargs)
+
+
+@MODELS.register_module()
+class HarnessViT(BaseModule):
+    """A registered backbone (plain ViT) with a four-level feature pyramid, for mmdet and mmseg.
+
+    `pyramid='simple'` (ViTDet): every level from the last block's map, channels `[D//4, D//2, D, D]`.
+    `pyramid='taps'` (BEiT/MAE UperNet): level i from block `taps[i]` (default: the spec's `dense_taps`, the last
+    ones when there are fewer levels), channels `D`.
+    Strides are patch_size / scale_factor. `window_size > 0` makes every block not in `global_blocks` attend within
+    non-overlapping windows of that many patches (ViTDet), the class token on its own (stochastic depth is then drawn
+    per window rather than per image).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        checkpoint: str | None = None,
+        img_size: int | Sequence[int] | None = None,
+        pyramid: str = "taps",
+        scale_factors: Sequence[float] = SCALE_FACTORS,
+        taps: Sequence[int] | None = None,
+        drop_path_rate: float = 0.1,
+        window_size: int = 0,
+        global_blocks: Sequence[int] | None = (),
+        allow_pickle: bool = False,
+        init_cfg: dict | None = None,
+    ) -> None:
+        super().__init__(init_cfg=init_cfg)
+        _check_pyramid(pyramid, scale_factors)
+        spec = get_spec(backbone)
+        size = tuple(img_size) if isinstance(img_size, Sequence) else (img_size or spec.img_size,) * 2
+        self.vit = _create_vit(
+            backbone, checkpoint=checkpoint, img_size=size, drop_path_rate=drop_path_rate, allow_pickle=allow_pickle
+        )
+        depth, dim = len(self.vit.blocks), int(self.vit.embed_dim)
+        self.taps = self._resolve_taps(pyramid, taps, spec.dense_taps, depth, len(scale_factors), backbone)
+        self.window_size, self.global_blocks = int(window_size), tuple(int(b) for b in global_blocks or ())
+        if self.window_size and not getattr(self.vit, "dynamic_img_size", False):
+            raise ValueError(f"window_size > 0 needs a timm VisionTransformer; {backbone!r} is {type(self.vit)}")
+        self.pyramid, self.scale_factors = pyramid, tuple(float(s) for s in scale_factors)
+        self.scales = nn.ModuleList(_rescale(dim, s, pyramid) for s in self.scale_factors)
+        self.out_channels = [_out_channels(dim, pyramid, s) for s in self.scale_factors]
+        self.strides = [int(p) if p.is_integer() else p for p in (spec.patch_size / s for s in self.scale_factors)]
+        removed = self._remove_unused(depth)
+        report = getattr(self.vit, "load_report", {"initialised_fresh": [], "skipped": []})
+        self.load_report = {
+            "backbone": backbone,
+            "checkpoint": self.vit.checkpoint_path,
+            "pretrained": self.vit.checkpoint_path is not None,
+            "img_size": list(size),
+            **report,
+            "removed": removed,
+        }
+
+    @staticmethod
+    def _resolve_taps(
+        pyramid: str, taps: Sequence[int] | None, dense_taps: Sequence[int], depth: int, levels: int, name: str
+    ) -> tuple[int, ...]:
+        if pyramid == "simple":
+            return (depth - 1,) * levels
+        if taps is None:  # the spec's dense taps; with fewer levels, the deepest of them
+            taps = tuple(dense_taps)[-levels:] if len(dense_taps) >= levels else tuple(dense_taps)
+        taps = tuple(int(t) for t in taps)
+        if len(taps) != levels or not all(0 <= t < depth for t in taps):
+            raise ValueError(
+                f"pyramid='taps' needs {levels} block indices in [0, {depth}) for {name!r}, got taps={taps} "
+                f"(spec dense_taps={tuple(dense_taps)})"
+            )
+        return taps
+
+    def _remove_unused(self, depth: int) -> list[str]:
+        """Drops the classifier's final norm/head and the blocks after the last tap: no output depends on them."""
+        removed = []
+        for name in _UNUSED_TOP_MODULES:
+            module = getattr(self.vit, name, None)
+            if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+                removed += [f"{name}.{k}" for k, _ in module.named_parameters()]
+                setattr(self.vit, name, nn.Identity())
+        last = max(self.taps)
+        if last < depth - 1:
+            removed += [f"blocks.{i}" for i in range(last + 1, depth)]
+            self.vit.blocks = self.vit.blocks[: last + 1]
+        return removed
+
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth L: embeddings are layer 0, blocks 1..L, everything after L + 1."""
+        return len(self.vit.blocks)
+
+    def init_weights(self) -> None:
+        # BaseModule.init_weights would recurse into the timm model and re-run its init over the loaded weights.
+        # Only the pyramid is new: PyTorch's default init for its transposed convs, unit LayerNorm2d.
+        for module in self.scales.modules():
+            if isinstance(module, nn.ConvTranspose2d | nn.LayerNorm):
+                module.reset_parameters()
+        self._is_init = True
+
+    def _block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Maps [B, D, h, w] of the blocks in `self.taps` (in tap order)."""
+        wanted = sorted(set(self.taps))
+        if self.window_size:
+            maps = self._forward_windowed(x, wanted)
+        else:
+            expected = tuple(self.vit.patch_embed.img_size)
+            if not getattr(self.vit, "dynamic_img_size", False) and tuple(x.shape[-2:]) != expected:
+                raise ValueError(
+                    f"{type(self.vit).__name__} backbone takes inputs of img_size {expected} only, got "
+                    f"{tuple(x.shape[-2:])}; set img_size (and the crop size) to the input size"
+                )
+            maps = self.vit.forward_intermediates(
+                x, indices=wanted, norm=False, stop_early=True, output_fmt="NCHW", intermediates_only=True
+            )
+        by_block = dict(zip(wanted, maps, strict=True))
+        return [by_block[t] for t in self.taps]
+
+    def _forward_windowed(self, x: torch.Tensor, wanted: list[int]) -> list[torch.Tensor]:
+        vit, window, P = self.vit, self.window_size, self.vit.num_prefix_tokens
+        x = vit.patch_embed(x)  # [B, h, w, D] (dynamic size: NHWC)
+        B, h, w, _ = x.shape
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))  # [B, P + h*w, D]
+        maps = []
+        for i, blk in enumerate(vit.blocks[: max(wanted) + 1]):
+            if i in self.global_blocks:
+                x = blk(x)
+            else:
+                windows, padded = window_partition(x[:, P:].reshape(B, h, w, -1), window)  # [B*nW, win*win, D]
+                grid = window_unpartition(blk(windows), window, padded, (h, w)).reshape(B, h * w, -1)
+                x = torch.cat([blk(x[:, :P]), grid], dim=1) if P else grid
+            if i in wanted:
+                maps.append(x[:, P:].transpose(1, 2).reshape(B, -1, h, w))  # [B, D, h, w]
+        return maps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[B, 3, H, W] -> four maps [B, C_i, H / stride_i, W / stride_i]."""
+        maps = self._block_maps(x)
+        return tuple(scale(m) for scale, m in zip(self.scales, maps, strict=True))
+
+
+def _find_harness_vit(model: nn.Module) -> tuple[str, HarnessViT]:
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, HarnessViT)]
+    if len(found) != 1:
+        raise ValueError(
+            f"HarnessLayerDecayOptimizerConstructor needs a model with exactly one HarnessViT backbone, "
+            f"found {len(found)} in {type(model).__name__}"
+        )
+    return found[0]
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Layer id of every parameter of `model`: 0 embeddings, 1..L the blocks, L + 1 everything else (pyramid, neck,
+    heads), with the ViT's own grouping (timm `group_matcher`, which also places BEiT's shared rel-pos bias)."""
+    from timm.models import group_parameters
+
+    prefix, backbone = _find_harness_vit(model)
+    vit_prefix = f"{prefix}.vit." if prefix else "vit."
+    depth = backbone.num_layers
+    vit_ids = group_parameters(backbone.vit, backbone.vit.group_matcher(coarse=False), reverse=True)
+    ids = {}
+    for name, _ in model.named_parameters():
+        local = name[len(vit_prefix) :] if name.startswith(vit_prefix) else None
+        ids[name] = min(vit_ids.get(local, depth + 1), depth + 1) if local is not None else depth + 1
+    return ids
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class HarnessLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+    """Layer-wise lr decay (BEiT, Bao et al. 2021; MAE `util/lr_decay.py`): layer i of a depth-L ViT trains at
+    lr * decay ** (L + 1 - i); no weight decay on norms, biases, tokens and position embeddings.
+
+    `paramwise_cfg=dict(layer_decay_rate=0.65)`; the depth is read from the model's `HarnessViT`.
+    """
+
+    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "", is_dcn_module: Any = None) -> None:
+        decay = float(self.paramwise_cfg.get("layer_decay_rate", 1.0))
+        unknown = sorted(set(self.paramwise_cfg) - {"layer_decay_rate"})
+        if unknown:
+            raise KeyError(f"HarnessLayerDecayOptimizerConstructor: unknown paramwise_cfg key(s) {', '.join(unknown)}")
+        ids = layer_ids(module)
+        top = max(ids.values())
+        base_wd = self.base_wd or 0.0
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            no_wd = param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_WEIGHT_DECAY
+            layer = ids[name]
+            scale = decay ** (top - layer)
+            group = groups.setdefault(
+                (layer, no_wd),
+                {
+                    "params": [],
+                    "param_names": [],
+                    "lr": self.base_lr * scale,
+                    "lr_scale": scale,
+                    "layer_id": layer,
+                    "weight_decay": 0.0 if no_wd else base_wd,
+                },
+            )
+            group["params"].append(param)
+            group["param_names"].append(name)
+        params.extend(groups[k] for k in sorted(groups))

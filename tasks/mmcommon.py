@@ -1,0 +1,218 @@
+"""What the mmengine-based tasks (COCO detection, ADE20K segmentation) share: the backbone and optimizer parts of their
+configs, the runtime part (work_dir, resume, launcher, hooks), and building the Runner with the fixes applied.
+
+Stable interface for `tasks.detection` and `tasks.segmentation`; change a signature here only together with both:
+
+* `CUSTOM_IMPORTS`, `import_adapter()`
+* `use_cuda(device)`, `world_size(launcher)`, `per_gpu_batch(total, launcher, key)`
+* `backbone_cfg(ctx, img_size, pyramid, drop_path_rate, window_size, global_blocks, taps, scale_factors)`
+* `data_preprocessor_stats(backbone)`
+* `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None)`, `poly_schedule(warmup_iters, max_iters, ...)`
+* `runtime_cfg(ctx, scope, max_iters, val_interval, checkpoint_interval, log_interval)`
+* `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`
+
+Configs are plain dicts of registered type names (COMPAT.md: class objects break mmengine's config dump), with
+`custom_imports` written in; the adapter is also imported here before building, because `Runner.from_cfg` on a dict
+ignores `custom_imports`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tasks import TaskContext
+
+CUSTOM_IMPORTS = dict(imports=["backbones.mm"], allow_failed_imports=False)
+LAUNCHERS = ("none", "pytorch", "slurm")
+
+
+def import_adapter() -> None:
+    """Registers `HarnessViT` and the layer-decay constructor, and applies `harness.compat`."""
+    import backbones.mm  # noqa: F401
+    import harness.compat  # noqa: F401
+
+
+def use_cuda(device: str) -> bool:
+    """True for a CUDA device; 'cuda' asked without a GPU is an error rather than a silent CPU run."""
+    if not device.startswith("cuda"):
+        return False
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return True
+
+
+def world_size(launcher: str) -> int:
+    """Processes of the run, read from the launcher's environment (torchrun: WORLD_SIZE; slurm: SLURM_NTASKS)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+    if launcher == "pytorch":
+        return int(os.environ.get("WORLD_SIZE", 1))
+    if launcher == "slurm":
+        return int(os.environ.get("SLURM_NTASKS", 1))
+    return 1
+
+
+def per_gpu_batch(total: int, launcher: str, key: str = "data.batch_size") -> int:
+    """The per-process batch of a recipe's total batch; it must divide evenly, so the recipe's batch is the batch."""
+    n = world_size(launcher)
+    if total % n:
+        raise ValueError(f"recipe {key}={total} is not divisible by the {n} processes of this run")
+    return total // n
+
+
+def data_preprocessor_stats(backbone: str) -> dict[str, list[float]]:
+    """The backbone's normalisation on the 0..255 scale mm data preprocessors use."""
+    from backbones.registry import get_spec
+
+    spec = get_spec(backbone)
+    return dict(mean=[255.0 * m for m in spec.mean], std=[255.0 * s for s in spec.std])
+
+
+def backbone_cfg(
+    ctx: TaskContext,
+    img_size: tuple[int, int] | list[int],
+    pyramid: str = "taps",
+    drop_path_rate: float = 0.1,
+    window_size: int = 0,
+    global_blocks: tuple[int, ...] | list[int] = (),
+    taps: list[int] | None = None,
+    scale_factors: tuple[float, ...] | list[float] | None = None,
+) -> dict[str, Any]:
+    """The `HarnessViT` config of the run's backbone, with the run's checkpoint and trust setting."""
+    cfg = dict(
+        type="HarnessViT",
+        backbone=ctx.backbone,
+        checkpoint=str(ctx.checkpoint) if ctx.checkpoint else None,
+        img_size=tuple(int(s) for s in img_size),
+        pyramid=pyramid,
+        taps=list(taps) if taps is not None else None,
+        drop_path_rate=float(drop_path_rate),
+        window_size=int(window_size),
+        global_blocks=tuple(global_blocks),
+        allow_pickle=bool(ctx.allow_pickle),
+    )
+    if scale_factors is not None:
+        cfg["scale_factors"] = tuple(float(s) for s in scale_factors)
+    return cfg
+
+
+def optim_wrapper_cfg(
+    optimizer: dict[str, Any], layer_decay: float | None, device: str, clip_grad: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """bf16 autocast (`AmpOptimWrapper`) on CUDA, a plain `OptimWrapper` on CPU (AmpOptimWrapper asserts CUDA);
+    layer-wise lr decay through `HarnessLayerDecayOptimizerConstructor` when `layer_decay` is set."""
+    cfg: dict[str, Any] = dict(type="OptimWrapper", optimizer=dict(optimizer))
+    if use_cuda(device):
+        cfg.update(type="AmpOptimWrapper", dtype="bfloat16")
+    if clip_grad:
+        cfg["clip_grad"] = dict(clip_grad)
+    if layer_decay is not None:
+        cfg["constructor"] = "HarnessLayerDecayOptimizerConstructor"
+        cfg["paramwise_cfg"] = dict(layer_decay_rate=float(layer_decay))
+    return cfg
+
+
+def poly_schedule(warmup_iters: int, max_iters: int, power: float = 1.0, eta_min: float = 0.0) -> list[dict]:
+    """Linear warmup, then polynomial decay to `eta_min` (the BEiT / MAE ADE20K schedule)."""
+    warmup_iters = min(int(warmup_iters), int(max_iters))
+    schedule = []
+    if warmup_iters > 0:
+        schedule.append(dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters))
+    if max_iters > warmup_iters:
+        schedule.append(
+            dict(type="PolyLR", eta_min=eta_min, power=power, by_epoch=False, begin=warmup_iters, end=max_iters)
+        )
+    return schedule
+
+
+def runtime_cfg(
+    ctx: TaskContext, scope: str, max_iters: int, val_interval: int, checkpoint_interval: int, log_interval: int = 50
+) -> dict[str, Any]:
+    """Work dir, launcher, seed, iteration-based loops, hooks and resume: everything but model, data and optimizer.
+
+    Each Runner gets its own `experiment_name` (COMPAT.md: the default, a timestamp to the second, is also the key of
+    its default scope, so an mmdet and an mmseg runner made in the same second would share one).
+    """
+    world_size(ctx.launcher)  # validates the name
+    return dict(
+        default_scope=scope,
+        custom_imports=CUSTOM_IMPORTS,
+        work_dir=str(ctx.work_dir),
+        experiment_name=f"{scope}-{time.strftime('%Y%m%d_%H%M%S')}-{uuid.uuid4().hex[:8]}",
+        launcher=ctx.launcher,
+        randomness=dict(seed=int(ctx.seed)),
+        env_cfg=dict(
+            cudnn_benchmark=use_cuda(ctx.device),
+            mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+            dist_cfg=dict(backend="nccl" if use_cuda(ctx.device) else "gloo"),
+        ),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=int(max_iters), val_interval=int(val_interval)),
+        val_cfg=dict(type="ValLoop"),
+        test_cfg=dict(type="TestLoop"),
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=int(log_interval), log_metric_by_epoch=False),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(
+                type="CheckpointHook",
+                by_epoch=False,
+                interval=int(checkpoint_interval),
+                max_keep_ckpts=1,
+                save_last=True,
+            ),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),  # fmt: skip
+        log_processor=dict(by_epoch=False),
+        log_level="INFO",
+        load_from=None,
+        resume=True,  # from the latest checkpoint in work_dir, when there is one
+    )
+
+
+def latest_checkpoint(work_dir: str | Path) -> str | None:
+    """The checkpoint a Runner on `work_dir` resumes from (mmengine's `last_checkpoint` file), or None."""
+    from mmengine.runner import find_latest_checkpoint
+
+    path = find_latest_checkpoint(str(work_dir)) if Path(work_dir).is_dir() else None
+    return path if path and Path(path).is_file() else None
+
+
+def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
+    """An mmengine Runner from a config dict; checkpoints under `work_dir` (the run's own) may be unpickled."""
+    import_adapter()
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from harness.compat import trust_checkpoint_dir
+
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    trust_checkpoint_dir(work_dir)
+    return Runner.from_cfg(Config(cfg))
+
+
+def train_and_validate(runner: Any) -> dict[str, float]:
+    """Trains (resuming when work_dir holds a checkpoint) and returns the last validation's metrics; a run that was
+    already complete is only validated."""
+    from mmengine.hooks import Hook
+
+    class LastMetricsHook(Hook):
+        priority = "LOWEST"
+
+        def __init__(self) -> None:
+            self.metrics: dict[str, float] | None = None
+
+        def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+            self.metrics = dict(metrics or {})
+
+    hook = LastMetricsHook()
+    runner.register_hook(hook)
+    runner.train()
+    if hook.metrics is None or runner.iter % runner.train_loop.val_interval:
+        hook.metrics = dict(runner.val())
+    return {k: float(v) for k, v in hook.metrics.items()}

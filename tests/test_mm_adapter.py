@@ -1,0 +1,320 @@
+"""The mmengine adapter (`backbones.mm`): registration in both scopes, pyramids, window attention, weights kept through
+`init_weights` inside real mmseg / mmdet models, and layer-wise lr decay."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbones import create_backbone
+
+mm = pytest.importorskip("backbones.mm")  # the OpenMMLab stack is a declared dependency; this names what is missing
+pytestmark = pytest.mark.mm
+
+DIM, DEPTH, PATCH = 32, 4, 8  # test_vit
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    sd = create_backbone("test_vit", pretrained=False).state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "test_vit.pth"
+    torch.save({"model": sd}, path)
+    return path, sd
+
+
+def _assert_vit_equals(vit: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Every tensor of the ViT is the checkpoint's; the position embedding resampled to the ViT's grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    own = vit.state_dict()
+    assert own, "no parameters"
+    for k, v in own.items():
+        want = sd[k]
+        if k == "pos_embed" and want.shape != v.shape:
+            want = resample_abs_pos_embed(want, new_size=list(vit.patch_embed.grid_size), num_prefix_tokens=1)
+        assert torch.equal(v, want), f"{k} changed"
+
+
+def test_registered_in_mmseg_and_mmdet_scopes() -> None:
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    from mmseg.registry import MODELS as SEG_MODELS
+    from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as SEG_CONSTRUCTORS
+
+    for registry in (DET_MODELS, SEG_MODELS):
+        model = registry.build(dict(type="HarnessViT", backbone="test_vit"))
+        assert isinstance(model, mm.HarnessViT)
+    assert SEG_CONSTRUCTORS.get("HarnessLayerDecayOptimizerConstructor") is mm.HarnessLayerDecayOptimizerConstructor
+    assert OPTIM_WRAPPER_CONSTRUCTORS.get("HarnessLayerDecayOptimizerConstructor") is not None
+
+
+@pytest.mark.parametrize("pyramid", ["simple", "taps"])
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_pyramid_strides_and_channels(pyramid: str, size: tuple[int, int]) -> None:
+    channels = mm.pyramid_channels("test_vit", pyramid)
+    strides = mm.pyramid_strides("test_vit")
+    assert strides == [PATCH // 4, PATCH // 2, PATCH, PATCH * 2]
+    want = [DIM // 4, DIM // 2, DIM, DIM] if pyramid == "simple" else [DIM] * 4
+    assert channels == want
+    model = mm.HarnessViT("test_vit", img_size=(64, 64), pyramid=pyramid).eval()
+    assert model.pyramid == pyramid and model.out_channels == channels
+    outs = model(torch.randn(2, 3, *size))  # 48x80: another size than img_size, pos-embed resampled on the fly
+    shapes = [(2, c, size[0] // s, size[1] // s) for c, s in zip(want, strides, strict=True)]
+    assert [tuple(o.shape) for o in outs] == shapes
+
+
+def test_strides_of_paper_backbones() -> None:
+    assert mm.pyramid_strides("mae_vit_base_patch16") == [4, 8, 16, 32]
+    assert mm.pyramid_channels("mae_vit_base_patch16", "simple") == [192, 384, 768, 768]
+    assert mm.pyramid_strides("mae_vit_tiny_patch4") == [1, 2, 4, 8]
+
+
+def test_taps_default_to_spec_and_feed_levels() -> None:
+    model = mm.HarnessViT("test_vit", pyramid="taps", taps=(0, 0, 1, 1)).eval()
+    assert model.taps == (0, 0, 1, 1)
+    assert len(model.vit.blocks) == 2 and "blocks.2" in model.load_report["removed"]  # unused blocks dropped (DDP)
+    # level 2 (scale 1) is block 1's map as is
+    maps = model.vit.forward_intermediates(torch.zeros(1, 3, 32, 32), indices=[1], intermediates_only=True)
+    assert torch.allclose(model(torch.zeros(1, 3, 32, 32))[2], maps[0])
+    assert mm.HarnessViT("test_vit").taps == (0, 1, 2, 3)  # the spec's dense_taps
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(pyramid="fpn"), "pyramid must be one of"),
+        (dict(taps=(0, 1, 9, 3)), "needs 4 block indices"),
+        (dict(scale_factors=(8.0, 2.0, 1.0, 0.5)), "scale_factors"),
+    ],
+)
+def test_bad_settings_name_the_key(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mm.HarnessViT("test_vit", **kwargs)
+
+
+def test_window_attention() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)  # an 8x8 grid of patches
+    plain = mm.HarnessViT("test_vit", img_size=64, drop_path_rate=0.0).eval()
+    whole, local = copy.deepcopy(plain), copy.deepcopy(plain)
+    whole.window_size, local.window_size = 8, 4
+    with torch.no_grad():
+        # one window over the whole grid: every patch attends to every patch, the class token only to itself
+        v = plain.vit
+        tokens = v.norm_pre(v._pos_embed(v.patch_embed(x)))[:, v.num_prefix_tokens :]  # [1, 64, D]
+        for blk in v.blocks[:3]:
+            tokens = blk(tokens)
+        expected = tokens.transpose(1, 2).reshape(1, DIM, 8, 8)
+        assert torch.allclose(whole(x)[2], expected, atol=1e-5)  # level 2 (scale 1) is block 2's map as is
+        assert not torch.allclose(plain(x)[2], expected, atol=1e-4)  # global attention also sees the class token
+        # locality: every block windowed, so a change in the top-left window leaves the bottom-right one unchanged
+        y = x.clone()
+        y[..., :32, :32] += 1.0
+        a, b = local(x)[2], local(y)[2]  # [1, D, 8, 8]
+        assert torch.allclose(a[..., 4:, 4:], b[..., 4:, 4:], atol=1e-6)
+        assert not torch.allclose(a[..., :4, :4], b[..., :4, :4], atol=1e-3)
+        local.global_blocks = (1,)  # one global block mixes the windows
+        a, b = local(x)[2], local(y)[2]
+        assert not torch.allclose(a[..., 4:, 4:], b[..., 4:, 4:], atol=1e-4)
+
+
+def test_window_partition_roundtrip() -> None:
+    x = torch.randn(2, 7, 10, 5)  # not multiples of the window: padded, then cropped back
+    windows, padded = mm.window_partition(x, 4)
+    assert windows.shape == (2 * 2 * 3, 16, 5) and padded == (8, 12)
+    assert torch.equal(mm.window_unpartition(windows, 4, padded, (7, 10)), x)
+
+
+def test_load_report_and_init_weights_keep_checkpoint(checkpoint: tuple[Path, dict]) -> None:
+    path, sd = checkpoint
+    model = mm.HarnessViT("test_vit", checkpoint=str(path))
+    assert model.load_report["checkpoint"] == str(path) and model.load_report["pretrained"]
+    assert model.load_report["removed"] == ["norm.weight", "norm.bias"]
+    model.init_weights()
+    _assert_vit_equals(model.vit, sd)
+
+
+def _seg_cfg(path: Path, pyramid: str) -> dict:
+    channels = mm.pyramid_channels("test_vit", pyramid)
+    norm = dict(type="BN", requires_grad=True)
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[0.0] * 3, std=[255.0] * 3, size=(32, 32)),
+        backbone=dict(type="HarnessViT", backbone="test_vit", checkpoint=str(path), img_size=(32, 32), pyramid=pyramid),
+        decode_head=dict(
+            type="UPerHead", in_channels=channels, in_index=[0, 1, 2, 3], pool_scales=(1, 2), channels=16,
+            num_classes=3, norm_cfg=norm, align_corners=False,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+        ),
+        auxiliary_head=dict(
+            type="FCNHead", in_channels=channels[2], in_index=2, channels=8, num_convs=1, concat_input=False,
+            num_classes=3, norm_cfg=norm, align_corners=False,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4),
+        ),
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("pyramid", ["simple", "taps"])
+def test_mmseg_segmentor_keeps_pretrained_weights_and_trains(checkpoint: tuple[Path, dict], pyramid: str) -> None:
+    from mmengine.registry import DefaultScope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    path, sd = checkpoint
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        model = MODELS.build(_seg_cfg(path, pyramid))
+    model.init_weights()
+    _assert_vit_equals(model.backbone.vit, sd)
+    sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 3, (1, 32, 32))))
+    sample.set_metainfo(dict(img_shape=(32, 32), ori_shape=(32, 32), pad_shape=(32, 32)))
+    data = model.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)] * 2,
+                                        data_samples=[sample, copy.deepcopy(sample)]), training=True)  # fmt: skip
+    losses = model.loss(data["inputs"], data["data_samples"])
+    total = sum(v for k, v in losses.items() if "loss" in k)
+    total.backward()
+    assert torch.isfinite(total)
+    assert all(p.grad is not None for p in model.backbone.parameters()), "a backbone parameter got no gradient"
+
+
+def test_mmdet_mask_rcnn_keeps_pretrained_weights_and_trains(checkpoint: tuple[Path, dict]) -> None:
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
+    from mmengine.structures import InstanceData
+
+    register_all_modules(init_default_scope=False)
+    path, sd = checkpoint
+    strides = mm.pyramid_strides("test_vit")
+    train_cfg = dict(
+        rpn=dict(
+            assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3),
+            sampler=dict(type="RandomSampler", num=32, pos_fraction=0.5),
+            allowed_border=-1, pos_weight=-1, debug=False,
+        ),
+        rpn_proposal=dict(nms_pre=200, max_per_img=100, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+        rcnn=dict(
+            assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5),
+            sampler=dict(type="RandomSampler", num=32, pos_fraction=0.25, add_gt_as_proposals=True),
+            mask_size=14, pos_weight=-1, debug=False,
+        ),
+    )  # fmt: skip
+    roi = dict(type="SingleRoIExtractor", out_channels=16, featmap_strides=strides)
+    cfg = dict(
+        type="MaskRCNN",
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[0.0] * 3, std=[255.0] * 3, pad_mask=True,
+                               pad_size_divisor=16),
+        backbone=dict(type="HarnessViT", backbone="test_vit", checkpoint=str(path), img_size=(64, 64),
+                      pyramid="simple"),
+        neck=dict(type="FPN", in_channels=mm.pyramid_channels("test_vit", "simple"), out_channels=16, num_outs=5),
+        rpn_head=dict(
+            type="RPNHead", in_channels=16, feat_channels=16,
+            anchor_generator=dict(type="AnchorGenerator", scales=[4], ratios=[1.0],
+                                  strides=[*strides, strides[-1] * 2]),
+            bbox_coder=dict(type="DeltaXYWHBBoxCoder"),
+            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True), loss_bbox=dict(type="L1Loss"),
+        ),
+        roi_head=dict(
+            type="StandardRoIHead",
+            bbox_roi_extractor={**roi, "roi_layer": dict(type="RoIAlign", output_size=7, sampling_ratio=0)},
+            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=16, fc_out_channels=32, roi_feat_size=7, num_classes=2,
+                           bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_stds=[0.1, 0.1, 0.2, 0.2]),
+                           loss_cls=dict(type="CrossEntropyLoss"), loss_bbox=dict(type="L1Loss")),
+            mask_roi_extractor={**roi, "roi_layer": dict(type="RoIAlign", output_size=7, sampling_ratio=0)},
+            mask_head=dict(type="FCNMaskHead", num_convs=1, in_channels=16, conv_out_channels=16, num_classes=2,
+                           loss_mask=dict(type="CrossEntropyLoss", use_mask=True)),
+        ),
+        train_cfg=train_cfg,
+        test_cfg=dict(rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+                      rcnn=dict(score_thr=0.0, nms=dict(type="nms", iou_threshold=0.5), max_per_img=10,
+                                mask_thr_binary=0.5)),
+    )  # fmt: skip
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(ConfigDict(cfg))  # mmdet reads train_cfg.rpn by attribute
+    model.init_weights()
+    _assert_vit_equals(model.backbone.vit, sd)
+
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[:, 10:40, 20:50] = 1
+    sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1.0, 1.0)))
+    sample.gt_instances = InstanceData(
+        bboxes=torch.tensor([[20.0, 10.0, 50.0, 40.0]]), labels=torch.tensor([1]),
+        masks=BitmapMasks(mask.numpy(), 64, 64),
+    )  # fmt: skip
+    data = model.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)],
+                                        data_samples=[sample]), training=True)  # fmt: skip
+    losses = model.loss(data["inputs"], data["data_samples"])
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if "loss" in k)
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.vit.blocks[-1].mlp.fc2.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        (pred,) = model.predict(data["inputs"], data["data_samples"])
+    assert pred.pred_instances.masks.shape[-2:] == (64, 64)
+
+
+def test_layer_decay_constructor() -> None:
+    from mmengine.optim import build_optim_wrapper
+
+    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit"), head=torch.nn.Conv2d(DIM, 3, 1)))
+    cfg = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05),
+        constructor="HarnessLayerDecayOptimizerConstructor",
+        paramwise_cfg=dict(layer_decay_rate=0.5),
+    )
+    wrapper = build_optim_wrapper(model, cfg)
+    lr, wd = {}, {}
+    for group in wrapper.optimizer.param_groups:
+        for name in group["param_names"]:
+            lr[name], wd[name] = group["lr"], group["weight_decay"]
+    assert set(lr) == {n for n, _ in model.named_parameters()}
+    top = DEPTH + 1
+    assert lr["backbone.vit.pos_embed"] == pytest.approx(1e-3 * 0.5**top)
+    assert lr["backbone.vit.patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5**top)
+    for i in range(DEPTH):
+        assert lr[f"backbone.vit.blocks.{i}.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5 ** (top - i - 1))
+    assert lr["head.weight"] == pytest.approx(1e-3) and lr["backbone.scales.0.0.weight"] == pytest.approx(1e-3)
+    for name in ("backbone.vit.cls_token", "backbone.vit.pos_embed", "backbone.vit.blocks.0.norm1.weight",
+                 "backbone.vit.blocks.0.attn.qkv.bias", "head.bias"):  # fmt: skip
+        assert wd[name] == 0.0, name
+    assert wd["backbone.vit.blocks.0.attn.qkv.weight"] == 0.05 and wd["head.weight"] == 0.05
+
+
+def test_layer_decay_needs_the_adapter() -> None:
+    from mmengine.optim import build_optim_wrapper
+
+    cfg = dict(optimizer=dict(type="AdamW", lr=1e-3), constructor="HarnessLayerDecayOptimizerConstructor",
+               paramwise_cfg=dict(layer_decay_rate=0.5))  # fmt: skip
+    with pytest.raises(ValueError, match="exactly one HarnessViT"):
+        build_optim_wrapper(torch.nn.Linear(2, 2), cfg)
+
+
+def test_beit_backbone_at_its_size() -> None:
+    """BEiT (relative position bias, no dynamic size in timm): works at img_size, says so at another size."""
+    model = mm.HarnessViT("test_beit", img_size=(32, 32), pyramid="taps").eval()
+    assert model.taps == (0, 0, 1, 1)  # the spec's dense taps, repeated blocks computed once
+    outs = model(torch.randn(1, 3, 32, 32))
+    assert [tuple(o.shape) for o in outs] == [(1, DIM, 16, 16), (1, DIM, 8, 8), (1, DIM, 4, 4), (1, DIM, 2, 2)]
+    with pytest.raises(ValueError, match="img_size"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="window_size > 0 needs a timm VisionTransformer"):
+        mm.HarnessViT("test_beit", window_size=2)
+
+
+def test_fewer_levels_take_the_deepest_taps() -> None:
+    model = mm.HarnessViT("test_vit", scale_factors=(2.0, 1.0, 0.5), global_blocks=None)
+    assert model.taps == (1, 2, 3) and model.strides == [4, 8, 16]
+    assert mm.pyramid_channels("test_vit", "taps", (2.0, 1.0, 0.5)) == [DIM] * 3
