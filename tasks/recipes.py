@@ -9,12 +9,14 @@ cannot silently do nothing.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+_FLOAT_NO_DOT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def recipe_path(task: str, name: str) -> Path:
@@ -58,7 +60,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like key.sub=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str) and _FLOAT_NO_DOT.match(parsed):  # YAML 1.1 reads 4e-3 as a string
+        parsed = float(parsed)
+    return key.strip(), parsed
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
