@@ -1,0 +1,160 @@
+"""Pretraining: MAE (He et al. 2021) and the two baselines of its tables, supervised (DeiT-style) and MoCo v3, on the
+registry's timm ViTs. Every method exports the same file, `encoder.pth` = `{'model': encoder state dict in timm names,
+'meta': {...}}`, which `backbones.create_backbone(name, checkpoint=path)` loads with every key accounted.
+
+`pretrain()` is the orchestrator: resolve the recipe, build the method and its data, run the shared loop
+(`harness.pretrain.engine`, which resumes an interrupted run), export, and for MAE draw the reconstruction figure.
+torch is imported on first use, so that `harness pretrain --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+METHODS: dict[str, str] = {
+    "mae": "harness.pretrain.mae",
+    "supervised": "harness.pretrain.supervised",
+    "mocov3": "harness.pretrain.moco",
+}
+ENCODER = "encoder.pth"
+RECONSTRUCTION = "reconstruction.png"
+
+
+def resolve_recipe(
+    method: str, recipe: str | None = None, overrides: dict[str, Any] | None = None, epochs: int | None = None
+) -> dict[str, Any]:
+    """The recipe as used: `tasks/recipes/pretrain/<name>.yaml` with overrides, `epochs` replacing the recipe's."""
+    from tasks.recipes import load_recipe
+
+    if method not in METHODS:
+        from backbones.registry import unknown_name_error
+
+        raise unknown_name_error("pretraining method", method, sorted(METHODS))
+    cfg = _exponent_floats(load_recipe("pretrain", recipe or f"{method}_tiny", overrides))
+    if cfg.get("method") != method:
+        raise ValueError(f"recipe {cfg['name']!r} is for method {cfg.get('method')!r}, not {method!r}")
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        cfg["epochs"] = epochs
+    return cfg
+
+
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _exponent_floats(node: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; recipes and `--set optim.base_lr=1e-3` mean a number."""
+    if isinstance(node, dict):
+        return {k: _exponent_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_exponent_floats(v) for v in node]
+    return float(node) if isinstance(node, str) and _EXPONENT_FLOAT.match(node) else node
+
+
+def build_method(method: str, spec: Any, recipe: dict[str, Any]) -> torch.nn.Module:
+    """The method's module: `training_loss(batch, epoch_frac)`, `encoder_state_dict()`, `no_weight_decay()`."""
+    return importlib.import_module(METHODS[method]).build(spec, recipe)
+
+
+def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], eff_batch: int) -> tuple[Any, float]:
+    """AdamW over trainable parameters, no decay on norms, biases, tokens and position embeddings; the absolute lr is
+    `base_lr * eff_batch / 256` (MAE's linear scaling rule)."""
+    import torch
+    from timm.optim import param_groups_weight_decay
+
+    opt = recipe["optim"]
+    lr = opt["base_lr"] * eff_batch / 256
+    groups = param_groups_weight_decay(model, opt["weight_decay"], no_weight_decay_list=model.no_weight_decay())
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"])), lr
+
+
+def _settings(method: str, backbone: str, seed: int, data: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run (device and progress bars do not)."""
+    return {"method": method, "backbone": backbone, "seed": seed, "data": data, "recipe": recipe}
+
+
+def _done(path: Path, settings: dict[str, Any]) -> bool:
+    import torch
+
+    if not path.is_file():
+        return False
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    except Exception:  # a damaged export is redone
+        return False
+    return meta.get("settings") == settings
+
+
+def pretrain(
+    method: str,
+    backbone: str,
+    out_dir: Path,
+    epochs: int | None = None,
+    seed: int = 0,
+    data_root: Path | None = None,
+    recipe: str | None = None,
+    overrides: dict | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> Path:
+    """Pretrains `backbone` with `method` ('mae', 'supervised', 'mocov3') and returns `out_dir/encoder.pth`.
+
+    `recipe` defaults to `<method>_tiny` (Fashion-MNIST); `data_root` None means Fashion-MNIST, else an ImageNet-layout
+    folder (`train/<class>/*`). A second call with the same settings returns at once; an interrupted one resumes.
+    """
+    import torch
+
+    from backbones.registry import get_spec
+    from harness.pretrain import data, engine
+
+    out_dir = Path(out_dir)
+    cfg = resolve_recipe(method, recipe, overrides, epochs)
+    spec = get_spec(backbone)
+    source = "fashion-mnist" if data_root is None or str(data_root) == data.FASHION_MNIST else str(data_root)
+    if source == "fashion-mnist" and cfg["data"].get("source") == "folder":
+        raise ValueError(f"recipe {cfg['name']!r} trains on an ImageNet-layout folder: pass data_root (--data DIR)")
+    settings = _settings(method, backbone, seed, source, cfg)
+    export = out_dir / ENCODER
+    if _done(export, settings):
+        return export
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    model = build_method(method, spec, cfg).to(dev)
+    loader = data.build_loader(cfg, None if source == "fashion-mnist" else Path(source), spec.mean, spec.std, seed, dev)
+    opt = cfg["optim"]
+    eff_batch = cfg["data"]["batch_size"] * opt.get("accum_iter", 1)
+    optimizer, lr = build_optimizer(model, cfg, eff_batch)
+    loop = engine.LoopConfig(
+        epochs=cfg["epochs"], accum_iter=opt.get("accum_iter", 1), checkpoint_every=cfg.get("checkpoint_every", 1),
+        clip_grad=opt.get("clip_grad"), amp=cfg.get("amp", "bf16"),
+    )
+    schedule = engine.Schedule(lr, cfg["epochs"], opt.get("warmup_epochs", 0), opt.get("min_lr", 0.0))
+    t0 = time.time()
+    losses = engine.train(model, model.training_loss, loader, optimizer, schedule, loop, out_dir, settings, dev,
+                          progress=progress)
+    meta = {
+        "method": method, "backbone": backbone, "epochs": cfg["epochs"], "recipe": cfg["name"],
+        "recipe_version": cfg["version"], "seed": seed, "data": source, "lr": lr, "eff_batch_size": eff_batch,
+        "last_epoch_loss": losses[-1] if losses else None, "wall_time_s": round(time.time() - t0, 1),
+        "device": str(dev), "torch": str(torch.__version__), "python": platform.python_version(), "settings": settings,
+    }
+    engine.atomic_save({"model": model.encoder_state_dict(), "meta": meta}, export)
+    if method == "mae":
+        from harness.pretrain.reconstruction import save_figure
+
+        images = data.validation_images(cfg, None if source == "fashion-mnist" else Path(source), spec.mean, spec.std)
+        save_figure(model, images, spec.mean, spec.std, out_dir / RECONSTRUCTION, seed=seed)
+    return export
+
+
+__all__ = ["METHODS", "build_method", "pretrain", "resolve_recipe"]

@@ -1,0 +1,222 @@
+"""The training loop every pretraining method shares, after facebookresearch/mae `engine_pretrain.py` and
+`util/lr_sched.py`: per-step cosine learning rate with linear warmup, gradient accumulation, bf16 autocast on CUDA, a
+JSON-lines log and an atomic checkpoint from which an interrupted run resumes to the same result.
+
+Reproducibility across an interruption: the checkpoint (written at the end of an epoch) holds the model, optimizer,
+grad scaler and the global RNG states as tensors; the data order and augmentation of epoch `e` come from a generator
+seeded with `seed + e` (see `harness.pretrain.data`), so epoch `e` sees the same batches whether or not the run
+stopped before it. Checkpoints are read back with `weights_only=True`: they hold tensors and plain containers only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+CHECKPOINT = "checkpoint-last.pth"
+LOG = "log.jsonl"
+
+
+class Loader(Protocol):
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]: ...
+
+
+LossFn = Callable[[tuple[torch.Tensor, ...], float], torch.Tensor]  # (batch, fractional epoch) -> scalar loss
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """MAE's `adjust_learning_rate`: linear warmup to `lr`, then a half-cosine to `min_lr` (in epochs, fractional)."""
+
+    lr: float
+    epochs: int
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+
+    def __call__(self, t: float) -> float:
+        if t < self.warmup_epochs:
+            return self.lr * t / self.warmup_epochs
+        span = max(self.epochs - self.warmup_epochs, 1e-8)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (t - self.warmup_epochs) / span))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def autocast(device: torch.device, amp: str) -> Any:
+    """bf16 autocast on CUDA only (CPU runs stay in float32, which is also what the CPU tests check)."""
+    if device.type != "cuda" or amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        raise ValueError(f"amp must be 'bf16', 'fp16' or 'none', not {amp!r}")
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# --- checkpoints ---
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename: an interruption never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
+    settings: dict[str, Any],
+) -> None:
+    atomic_save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+         "epoch": epoch, "rng": rng_state(), "settings": settings},
+        path,
+    )
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    settings: dict[str, Any],
+) -> int:
+    """Restores a run from `path` and returns the next epoch. A checkpoint of other settings is refused."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a file this run wrote: tensors and containers
+    if ckpt.get("settings") != settings:
+        raise ValueError(
+            f"{path} belongs to a run with other settings ({_diff(ckpt.get('settings') or {}, settings)}); "
+            f"use another output folder, or delete the checkpoint to start over"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]) + 1
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unreadable settings"
+
+
+def _truncate_log(path: Path, before_epoch: int) -> None:
+    """Drops log lines of epochs a resumed run will repeat."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] < before_epoch]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# --- the loop ---
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int
+    accum_iter: int = 1
+    checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed
+    clip_grad: float | None = None
+    amp: str = "bf16"
+    log_every: int = 1  # steps
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    loader: Loader,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    cfg: LoopConfig,
+    out_dir: Path,
+    settings: dict[str, Any],
+    device: torch.device,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> list[float]:
+    """Trains to `cfg.epochs`, resuming from `out_dir/checkpoint-last.pth` if it exists. Returns the mean loss of each
+    epoch run in this call. `stop_after_epoch` ends the call early, as an interruption would (tests)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
+    start = load_checkpoint(ckpt_path, model, optimizer, scaler, settings) if ckpt_path.is_file() else 0
+    _truncate_log(log_path, start)
+    steps = len(loader)
+    if steps < cfg.accum_iter:
+        raise ValueError(f"an epoch has {steps} batches, fewer than optim.accum_iter={cfg.accum_iter}")
+    losses = []
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        optimizer.zero_grad(set_to_none=True)  # a partial accumulation never crosses an epoch (nor a checkpoint)
+        batches = _progress(loader.batches(epoch), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        total, t0 = 0.0, time.time()
+        with open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
+            for step, batch in enumerate(batches):
+                t = epoch + step / steps
+                if step % cfg.accum_iter == 0:
+                    set_lr(optimizer, schedule(t))  # per iteration, as MAE's lr_sched
+                with autocast(device, cfg.amp):
+                    loss = loss_fn(batch, t)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {step}; stopping")
+                scaler.scale(loss / cfg.accum_iter).backward()
+                if (step + 1) % cfg.accum_iter == 0:
+                    _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
+                total += value
+                lr = optimizer.param_groups[0]["lr"]
+                if step % cfg.log_every == 0:
+                    record = {"epoch": epoch, "step": epoch * steps + step, "loss": value, "lr": lr}
+                    log.write(json.dumps(record) + "\n")
+                if hasattr(batches, "set_postfix"):
+                    batches.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+        losses.append(total / steps)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, settings)
+        if progress:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f} ({time.time() - t0:.1f} s)", flush=True)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return losses
+
+
+def _optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip_grad: float | None
+) -> None:
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _progress(it: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)
