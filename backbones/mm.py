@@ -49,7 +49,6 @@ def arch_shape(backbone: str) -> tuple[int, int, int]:
     return int(model.embed_dim), len(model.blocks), int(model.patch_embed.patch_size[0])
 
 
-_arch_shape = arch_shape  # the earlier name, which tasks.detection imports
 
 
 def _check_pyramid(pyramid: str, scale_factors: Sequence[float]) -> None:

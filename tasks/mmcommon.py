@@ -193,7 +193,7 @@ def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     trust_checkpoint_dir(work_dir)
-    return Runner.from_cfg(Config(cfg))
+    return Runner.from_cfg(Config(cfg, format_python_code=False))  # yapf formatting costs seconds per runner
 
 
 def train_and_validate(runner: Any) -> dict[str, float]:
