@@ -5,23 +5,20 @@ Runs the real task on `test_vit` (4 blocks, width 32) and a few dozen embedded F
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
+from backbones.checkpoint import build_model
+from backbones.registry import get_spec
+from harness.data import imagenet
+from tasks import TaskContext
+from tasks import classification as cls
+from tasks.recipes import load_recipe
 
-from backbones.checkpoint import build_model  # noqa: E402
-from backbones.registry import get_spec  # noqa: E402
-from harness.data import imagenet  # noqa: E402
-from tasks import TaskContext  # noqa: E402
-from tasks import classification as cls  # noqa: E402
-from tasks.recipes import load_recipe  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = {"data.micro_batch_size": 16}
 

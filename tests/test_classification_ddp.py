@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
+from harness.data import imagenet
+from tasks import TaskContext
+from tasks import classification as cls
 
-from harness.data import imagenet  # noqa: E402
-from tasks import TaskContext  # noqa: E402
-from tasks import classification as cls  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OVERRIDES = {
     "data.micro_batch_size": 16, "finetune.epochs": 2, "finetune.batch_size": 16, "finetune.warmup_epochs": 1,

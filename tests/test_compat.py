@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
+from harness import compat
 
-compat = pytest.importorskip("harness.compat")
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.mm
 
 

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
+from harness.data import coco
+from tasks import TaskContext
+from tasks.recipes import load_recipe
 
-from harness.data import coco  # noqa: E402
-from tasks import TaskContext  # noqa: E402
-from tasks.recipes import load_recipe  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

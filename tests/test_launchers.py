@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from harness import store
+from harness.runner import exit_reason, worker_command
+from tests.test_runner import base_args, harness, latest, write_suite
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
-
-from test_runner import base_args, harness, latest, write_suite  # noqa: E402
-
-from harness import store  # noqa: E402
-from harness.runner import exit_reason, worker_command  # noqa: E402
 
 
 def test_worker_commands() -> None:

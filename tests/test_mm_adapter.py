@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import create_backbone
+from backbones import create_backbone, mm
 
-mm = pytest.importorskip("backbones.mm")  # the OpenMMLab stack is a declared dependency; this names what is missing
 pytestmark = pytest.mark.mm
 
 DIM, DEPTH, PATCH = 32, 4, 8  # test_vit
+
+
+@pytest.fixture(autouse=True)
+def fresh_mm_logger(request: pytest.FixtureRequest) -> None:
+    """A Runner that finished earlier in this process leaves mmengine's current logger with closed file handlers, which
+    `init_weights` then writes to; each test gets its own logger, as each task run gets its own process."""
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_instance(f"test-{request.node.name}", log_level="WARNING")
 
 
 @pytest.fixture(scope="module")

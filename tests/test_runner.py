@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
+from harness import store
+from harness.runner import DID_NOT_START, Run, log_progress
 
-from harness import store  # noqa: E402
-from harness.runner import DID_NOT_START, Run, log_progress  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DUMMY = str(Path(__file__).with_name("dummy_task.py"))
 TINY = ["mae_vit_tiny_patch4", "supervised_vit_tiny_patch4", "scratch_vit_tiny_patch4"]

@@ -4,7 +4,6 @@ evaluation through mmseg's Runner and IoUMetric on a few embedded canvases, with
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,25 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from backbones import create_backbone
+from harness.data import ade20k
+from tasks import TaskContext
+from tasks import segmentation as seg
+from tasks.recipes import load_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's `tasks` package, whatever an older editable install registered
-    sys.path.insert(0, str(ROOT))
 
-from backbones import create_backbone  # noqa: E402
-from harness.data import ade20k  # noqa: E402
-from harness.data import fashion_mnist as fm  # noqa: E402
-from tasks import TaskContext  # noqa: E402
-from tasks.recipes import load_recipe  # noqa: E402
-
-seg = pytest.importorskip("tasks.segmentation")
 pytestmark = pytest.mark.mm
 
-try:
-    fm.find_dir()
-    HAVE_FMNIST = True
-except FileNotFoundError:
-    HAVE_FMNIST = False
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (harness.data.fashion_mnist)")
 
 # A few steps on a few canvases: enough to go through every part of the real runner.
 FAST = {
@@ -46,8 +36,6 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not HAVE_FMNIST:
-        pytest.skip("Fashion-MNIST not installed")
     return ade20k.write(tmp_path_factory.mktemp("ade"), seed=0, n_train=8, n_val=4)
 
 
@@ -117,7 +105,6 @@ def test_unknown_recipe_key_and_launcher(tmp_path: Path) -> None:
 # --- data checks ---
 
 
-@needs_fmnist
 def test_missing_layout_is_named(tmp_path: Path) -> None:
     (tmp_path / "images" / "training").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"annotations/training is missing"):
@@ -132,7 +119,6 @@ def test_missing_layout_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
-@needs_fmnist
 @pytest.mark.parametrize("damage", ["missing_annotation", "truncated_png", "bad_jpeg", "truncated_jpeg", "bad_label"])
 def test_broken_files_are_named(data_root: Path, tmp_path: Path, damage: str) -> None:
     root = _copy_set(data_root, tmp_path)
@@ -166,7 +152,6 @@ def _check_metrics(metrics: dict[str, float]) -> None:
         assert math.isfinite(v) and 0.0 <= v <= 100.0, (k, v)
 
 
-@needs_fmnist
 @pytest.mark.slow
 def test_trains_evaluates_and_resumes(data_root: Path, tmp_path: Path) -> None:
     """mae_vit_tiny_patch4 from a checkpoint, UperNet on the taps pyramid, 2 steps, IoUMetric; then resume to 3."""
@@ -196,7 +181,6 @@ def test_trains_evaluates_and_resumes(data_root: Path, tmp_path: Path) -> None:
     assert again.metrics == resumed.metrics
 
 
-@needs_fmnist
 @pytest.mark.slow
 def test_simple_pyramid_trains(data_root: Path, tmp_path: Path) -> None:
     ctx = TaskContext(
