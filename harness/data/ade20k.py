@@ -12,15 +12,13 @@ training split, validation canvases the test split. Everything follows from `see
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from harness.data import fashion_mnist
+from harness.data.cache import cache_root, write_once
 
 CLASSES = fashion_mnist.CLASSES
 # One colour per class for mmseg's visualiser (metainfo 'palette'), tab10.
@@ -74,27 +72,12 @@ def write(root: Path, seed: int = 0, n_train: int = 200, n_val: int = 50, size: 
     return out
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_DATA") or "~/.cache/harness/data").expanduser() / "embedded"
-
-
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
     """The embedded set's `ADEChallengeData2016` folder, written once under `root` (default: the cache) and reused.
 
-    Written into a temporary sibling and renamed into place, so a killed writer never leaves a half set behind.
+    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
     """
     base = Path(root) if root is not None else cache_root()
     final = base / f"ade20k-v{VERSION}-seed{seed}"
-    if (final / FOLDER).is_dir():
-        return final / FOLDER
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=base))
-    try:
-        write(tmp, seed=seed)
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / FOLDER).is_dir():  # not another process finishing first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final / FOLDER
+    complete = lambda r: (r / FOLDER / META_FILE).is_file()  # noqa: E731  (written last by `write`)
+    return write_once(final, lambda tmp: write(tmp, seed=seed), complete) / FOLDER

@@ -14,15 +14,13 @@ canvases draw from the Fashion-MNIST train split, val canvases from its test spl
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.data import fashion_mnist
+from harness.data.cache import cache_root, write_once
 
 CLASSES = fashion_mnist.CLASSES  # category id = label + 1
 FORMAT_VERSION = 1  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
@@ -37,8 +35,7 @@ SPLITS = {"train": "train", "val": "test"}  # COCO split -> Fashion-MNIST split
 
 
 def default_root(seed: int = 0) -> Path:
-    base = Path(os.environ.get("HARNESS_DATA") or "~/.cache/harness/data").expanduser()
-    return base / "embedded" / ("coco" if seed == 0 else f"coco_seed{seed}")
+    return cache_root() / ("coco" if seed == 0 else f"coco_seed{seed}")
 
 
 def ann_file(root: Path, split: str) -> Path:
@@ -152,23 +149,7 @@ def _is_complete(root: Path) -> bool:
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
     """The set at `root` (default: the cache, `default_root(seed)`), written there once and reused.
 
-    It is written into a temporary sibling and renamed into place, so a killed writer never leaves a half set and two
-    concurrent writers both end with one complete set.
+    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
     """
     root = Path(root) if root is not None else default_root(seed)
-    if _is_complete(root):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        write(tmp, seed=seed)
-        if root.exists():  # an outdated or half-removed set: replace it
-            shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root):  # not a concurrent writer that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return write_once(root, lambda tmp: write(tmp, seed=seed), _is_complete)

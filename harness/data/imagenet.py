@@ -10,14 +10,12 @@ an 8x8 grid). Class folders are `fashion_mnist.CLASS_SLUGS`; `ImageFolder` sorts
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from harness.data import fashion_mnist
+from harness.data.cache import cache_root, write_once
 
 FORMAT_VERSION = 1  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
 # 3,000 train / 1,000 val images: enough for the tiny recipes to separate pretrained from scratch backbones, written
@@ -35,8 +33,7 @@ e.g. with the widely used valprep.sh)"""
 
 
 def default_root(seed: int = 0) -> Path:
-    base = Path(os.environ.get("HARNESS_DATA") or "~/.cache/harness/data").expanduser()
-    return base / "embedded" / ("imagenet" if seed == 0 else f"imagenet_seed{seed}")
+    return cache_root() / ("imagenet" if seed == 0 else f"imagenet_seed{seed}")
 
 
 def _select(labels: np.ndarray, n_per_class: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -97,26 +94,10 @@ def _is_complete(root: Path) -> bool:
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
     """The set at `root` (default: the cache, `default_root(seed)`), written there once and reused.
 
-    It is written into a temporary sibling and renamed into place, so a killed writer never leaves a half set and two
-    concurrent writers both end with one complete set.
+    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
     """
     root = Path(root) if root is not None else default_root(seed)
-    if _is_complete(root):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        write(tmp, seed=seed)
-        if root.exists():  # an outdated or half-removed set: replace it
-            shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root):  # not a concurrent writer that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return write_once(root, lambda tmp: write(tmp, seed=seed), _is_complete)
 
 
 class LayoutError(FileNotFoundError):

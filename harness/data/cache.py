@@ -1,0 +1,39 @@
+"""Where the embedded data sets live, and writing one exactly once, even with a killed or a concurrent writer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """`$HARNESS_DATA/embedded`, by default `~/.cache/harness/data/embedded`."""
+    return Path(os.environ.get("HARNESS_DATA") or "~/.cache/harness/data").expanduser() / "embedded"
+
+
+def write_once(root: Path, write: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
+    """`root`, written by `write(folder)` unless it is already complete.
+
+    The set is written into a temporary sibling and renamed into place, so a killed writer never leaves a half set, an
+    outdated or half-removed one is replaced, and of two concurrent writers the second finds the first one's set.
+    """
+    root = Path(root)
+    if is_complete(root):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write(tmp)
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not is_complete(root):  # not a concurrent writer that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
