@@ -150,15 +150,15 @@ def reconstructions(pretrains: list[dict[str, Any]], out: Path) -> list[Path]:
 def write_plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path) -> list[Path]:
     """Every figure the records allow; returns the files written."""
     from harness import store
-    from harness.report import COLUMNS, TABLES, TITLES
+    from harness.report import TABLES, TITLES, column_label, present_columns
 
-    labels = {c.key: c.label for c in COLUMNS}
+    labels = {c: column_label(c) for c in set(frame["column"].dropna())}
     written: list[Path] = []
     recipes = sorted(summary["recipe"].unique()) if not summary.empty else []
     for recipe in recipes:
         part = summary[summary["recipe"] == recipe]
         for table, columns in TABLES.items():
-            present = [c for c in columns if c in set(part["column"])]
+            present = present_columns(columns, set(part["column"]))
             if present:
                 stem = table if len(recipes) == 1 else f"{table}_{recipe or 'unnamed'}"
                 title = TITLES[table] + (f", recipe {recipe}" if recipe else "")

@@ -52,6 +52,35 @@ SCALE = {"coco/bbox_mAP": 100.0, "coco/segm_mAP": 100.0}  # mmdet's CocoMetric r
 TABLES = {"in1k": ("in1k_finetune", "in1k_linprobe", "in1k_partial"), "coco": ("coco_box", "coco_mask"),
           "ade20k": ("ade20k_miou",)}
 _BY_KEY = {c.key: c for c in COLUMNS}
+PARTIAL = "in1k_partial"  # split by K, the number of tuned blocks: `in1k_partial_k1`, `in1k_partial_k2`, ...
+
+
+def column_key(col: Column, rec: dict[str, Any]) -> str:
+    """The column a record feeds: partial fine-tuning results with different K are different settings, not seeds."""
+    if col.key != PARTIAL:
+        return col.key
+    blocks = (rec.get("extra") or {}).get("blocks")
+    if blocks is None:
+        blocks = ((rec.get("recipe") or {}).get("partial") or {}).get("blocks")
+    return f"{PARTIAL}_k{blocks}" if blocks is not None else PARTIAL
+
+
+def column_label(key: str) -> str:
+    if key.startswith(f"{PARTIAL}_k"):
+        return f"IN1K partial K={key.removeprefix(f'{PARTIAL}_k')} top-1"
+    return _BY_KEY[key].label
+
+
+def present_columns(columns: tuple[str, ...], available: set[str]) -> list[str]:
+    """The table's columns that have values, with the partial column expanded into one per K."""
+    out = []
+    for c in columns:
+        if c == PARTIAL:
+            per_k = [a for a in available if a.startswith(f"{PARTIAL}_k")]
+            out += sorted(per_k, key=lambda a: int(a.rsplit("k", 1)[1]))
+        if c in available:
+            out.append(c)
+    return out
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +151,7 @@ def flatten(records: list[dict[str, Any]]) -> pd.DataFrame:
                 continue
             value = _metric(rec.get("metrics") or {}, col) if rec["status"] == "finished" else None
             if value is not None:
-                rows.append({**base, "column": col.key, "value": value})
+                rows.append({**base, "column": column_key(col, rec), "value": value})
                 fed = True
         if not fed:
             rows.append({**base, "column": None, "value": float("nan")})
@@ -181,7 +210,7 @@ def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for recipe in recipes:
         part = summary[summary["recipe"] == recipe]
         for table, columns in TABLES.items():
-            present = [c for c in columns if c in set(part["column"])]
+            present = present_columns(columns, set(part["column"]))
             if not present:
                 continue
             rows = []
@@ -189,7 +218,7 @@ def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
                 for c in present:
                     hit = group[group["column"] == c]
-                    label = _BY_KEY[c].label
+                    label = column_label(c)
                     if hit.empty:
                         row[label], row[f"Δ {label}"] = "", ""
                     else:

@@ -176,3 +176,16 @@ def test_report_command(records: Path, tmp_path: Path, monkeypatch, capsys) -> N
     assert "82.0 ± 2.0 (n=3)" in capsys.readouterr().out
     assert main(["report", "--runs", str(records.parent), "--out", str(out), "--format", "html"]) == 2
     assert main(["report", "--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+
+
+def test_partial_fine_tuning_is_split_by_k(tmp_path: Path) -> None:
+    """Partial fine-tuning with K=1 and K=2 are two settings, never averaged together as if they were seeds."""
+    folder = tmp_path / "records"
+    for k, v in ((1, 70.0), (2, 74.0)):
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "partial", 0, {"top1": v}, run_id=f"p{k}",
+                                       extra={"blocks": k}))
+    table = tables(summarize(_frame(folder)))["in1k"]
+    row = table.set_index("backbone").loc["mae_t"]
+    assert row["IN1K partial K=1 top-1"] == fmt_cell(70.0, float("nan"), 1)
+    assert row["IN1K partial K=2 top-1"] == fmt_cell(74.0, float("nan"), 1)
+    assert "IN1K partial top-1" not in table.columns
