@@ -14,6 +14,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_DATA") or "~/.cache/harness/data").expanduser() / "embedded"
 
 
+def mark_version(root: Path, version: int) -> None:
+    """Written last by a set's `write`: its presence with the right value means the set is complete and current."""
+    (Path(root) / "VERSION").write_text(f"{version}\n")
+
+
+def has_version(root: Path, version: int) -> bool:
+    marker = Path(root) / "VERSION"
+    return marker.is_file() and marker.read_text().strip() == str(version)
+
+
 def write_once(root: Path, write: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
     """`root`, written by `write(folder)` unless it is already complete.
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness.data import fashion_mnist
-from harness.data.cache import cache_root, write_once
+from harness.data.cache import cache_root, has_version, mark_version, write_once
 
 CLASSES = fashion_mnist.CLASSES  # category id = label + 1
 FORMAT_VERSION = 1  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
@@ -137,13 +137,12 @@ def write(root: Path, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL)
     root = Path(root)
     for split, n, offset in (("train", n_train, 0), ("val", n_val, 1)):
         _write_split(root, split, n, np.random.default_rng([seed, offset]))
-    (root / "VERSION").write_text(f"{FORMAT_VERSION}\n")
+    mark_version(root, FORMAT_VERSION)
     return root
 
 
 def _is_complete(root: Path) -> bool:
-    version = root / "VERSION"
-    return version.is_file() and version.read_text().strip() == str(FORMAT_VERSION)
+    return has_version(root, FORMAT_VERSION)
 
 
 def ensure(root: Path | None = None, seed: int = 0) -> Path:

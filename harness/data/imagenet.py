@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data import fashion_mnist
-from harness.data.cache import cache_root, write_once
+from harness.data.cache import cache_root, has_version, mark_version, write_once
 
 FORMAT_VERSION = 1  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
 # 3,000 train / 1,000 val images: enough for the tiny recipes to separate pretrained from scratch backbones, written
@@ -82,13 +82,12 @@ def write(
     manifest = dict(version=FORMAT_VERSION, seed=seed, source="Fashion-MNIST", classes=fashion_mnist.CLASS_SLUGS,
                     pad=PAD, counts=counts)
     (root / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    (root / "VERSION").write_text(f"{FORMAT_VERSION}\n")
+    mark_version(root, FORMAT_VERSION)
     return root
 
 
 def _is_complete(root: Path) -> bool:
-    version = root / "VERSION"
-    return version.is_file() and version.read_text().strip() == str(FORMAT_VERSION)
+    return has_version(root, FORMAT_VERSION)
 
 
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
