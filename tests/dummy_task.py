@@ -60,9 +60,10 @@ def run(ctx: TaskContext) -> TaskResult:
         raise RuntimeError(f"dummy failure for {ctx.backbone}")
     for step in range(start, int(recipe["steps"])):
         time.sleep(float(recipe["sleep"]))
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"step": step + 1}))
-        os.replace(tmp, state_file)
+        if os.environ.get("RANK", "0") == "0":  # as the real tasks, rank 0 alone checkpoints
+            tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"step": step + 1}))
+            os.replace(tmp, state_file)
         print(f"step {step + 1}/{recipe['steps']}", flush=True)
     metrics = {recipe["metric"]: score(ctx.backbone, ctx.protocol, ctx.seed, float(recipe["base"])),
                "resumed_from": start}
