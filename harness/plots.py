@@ -47,12 +47,12 @@ def bar_chart(part: pd.DataFrame, columns: list[str], labels: dict[str, str], ti
     import numpy as np
 
     plt = _pyplot()
-    backbones = sorted(part["backbone"].unique())
+    backbones = sorted(part["label"].unique())  # backbone, with its pretraining epochs where those vary
     width = 0.8 / len(columns)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(backbones)), 3.2))
     x = np.arange(len(backbones))
     for i, col in enumerate(columns):
-        hit = part[part["column"] == col].set_index("backbone").reindex(backbones)
+        hit = part[part["column"] == col].set_index("label").reindex(backbones)
         err = hit["std"].fillna(0.0).to_numpy()  # one seed: no spread to show
         bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, hit["mean"].to_numpy(), width,
                       yerr=err if err.any() else None, capsize=3, label=labels[col])
@@ -150,19 +150,12 @@ def reconstructions(pretrains: list[dict[str, Any]], out: Path) -> list[Path]:
 def write_plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path) -> list[Path]:
     """Every figure the records allow; returns the files written."""
     from harness import store
-    from harness.report import TABLES, TITLES, column_label, present_columns
+    from harness.report import column_label, table_parts, table_title
 
     labels = {c: column_label(c) for c in set(frame["column"].dropna())}
     written: list[Path] = []
-    recipes = sorted(summary["recipe"].unique()) if not summary.empty else []
-    for recipe in recipes:
-        part = summary[summary["recipe"] == recipe]
-        for table, columns in TABLES.items():
-            present = present_columns(columns, set(part["column"]))
-            if present:
-                stem = table if len(recipes) == 1 else f"{table}_{recipe or 'unnamed'}"
-                title = TITLES[table] + (f", recipe {recipe}" if recipe else "")
-                written += bar_chart(part[part["column"].isin(present)], present, labels, title, out / stem)
+    for stem, table, recipe, part, present in table_parts(summary):
+        written += bar_chart(part, present, labels, table_title(table, recipe), out / stem)
     written += trend_charts(frame, labels, out)
     latest = store.latest(records).values()
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]

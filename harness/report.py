@@ -3,7 +3,8 @@
 Reads `RUNS/records/*.json` (`harness.store`; the newest record of each run id counts, failed ones are listed but not
 averaged) with pandas and writes into `results/`:
 
-* `in1k`, `coco`, `ade20k` tables per recipe, as in He et al. 2021 (Tables 3-5): one row per backbone, each cell the
+* `in1k`, `coco`, `ade20k` tables per setting (the recipe and its `--set` overrides), as in He et al. 2021
+  (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
   mean +- sample std over seeds with n, and the difference of the means to the supervised backbone of the same
   architecture; for recipe `paper`, the published number beside a row of the same family and model size;
 * `reference`: the paper's numbers (`harness.reference`);
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,10 +108,26 @@ def _metric(metrics: dict[str, Any], column: Column) -> float | None:
     return None
 
 
+SPLIT_OVERRIDES = {"partial.blocks"}  # overrides that `column_key` already turns into columns of their own
+
+
 def recipe_label(rec: dict[str, Any]) -> str:
-    """The recipe's name; a recipe given as a YAML path is named by its file's stem."""
+    """The setting a run belongs to: the recipe's name (a recipe given as a YAML path is named by its file's stem),
+    then its `--set` overrides, so that runs of different settings are never averaged as if they were seeds:
+    `tiny`, `tiny [model.pyramid=taps]`."""
     name = str(rec.get("recipe_name") or (rec.get("recipe") or {}).get("name") or "")
-    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in SPLIT_OVERRIDES}
+    if overrides:
+        name += " [" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
+    return name
+
+
+def file_stem(table: str, recipe: str, several: bool) -> str:
+    """The file name of a table or plot: `coco`, or `coco_<setting>` (made file-safe) when there are several."""
+    if not several:
+        return table
+    return f"{table}_" + (re.sub(r"[^A-Za-z0-9=-]+", "_", recipe).strip("_") or "unnamed")
 
 
 def _size_key(spec: dict[str, Any] | None) -> str:
@@ -174,20 +192,31 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     if done.empty:
         return pd.DataFrame(columns=["recipe", "backbone", "family", "model", "size", "column", "mean", "std", "n",
                                      "baseline", "delta", "published"])
-    keys = ["recipe", "backbone", "family", "model", "size", "column"]
+    # the same backbone name pretrained for different epochs (an epochs sweep) is a different encoder, not a seed
+    keys = ["recipe", "backbone", "pretrain_epochs", "family", "model", "size", "column"]
     agg = (done.fillna({"recipe": "", "family": "", "model": ""}).groupby(keys, dropna=False)["value"]
            .agg(mean="mean", std="std", n="count").reset_index())
-    base = agg[agg["family"] == BASELINE_FAMILY].sort_values("backbone").drop_duplicates(["recipe", "size", "column"])
-    base = base[["recipe", "size", "column", "backbone", "mean"]].rename(
-        columns={"backbone": "baseline", "mean": "baseline_mean"})
+    agg["label"] = _row_labels(agg)
+    base = agg[agg["family"] == BASELINE_FAMILY].sort_values(["backbone", "pretrain_epochs"], na_position="first")
+    base = base.drop_duplicates(["recipe", "size", "column"])
+    base = base[["recipe", "size", "column", "label", "mean"]].rename(
+        columns={"label": "baseline", "mean": "baseline_mean"})
     out = agg.merge(base, on=["recipe", "size", "column"], how="left")
     out["delta"] = out["mean"] - out["baseline_mean"]
-    out.loc[out["baseline"] == out["backbone"], "delta"] = float("nan")  # the baseline row itself
+    out.loc[out["baseline"] == out["label"], "delta"] = float("nan")  # the baseline row itself
     out["published"] = [
         published(f, m, c) if r == "paper" else None for r, f, m, c in
         zip(out["recipe"], out["family"], out["model"], out["column"], strict=True)
     ]
-    return out.drop(columns=["baseline_mean"]).sort_values(["recipe", "column", "backbone"]).reset_index(drop=True)
+    return out.drop(columns=["baseline_mean"]).sort_values(["recipe", "column", "label"]).reset_index(drop=True)
+
+
+def _row_labels(agg: pd.DataFrame) -> list[str]:
+    """A table row's name: the backbone, with its pretraining epochs where one setting holds several of them."""
+    epochs = agg.groupby(["recipe", "backbone"], dropna=False)["pretrain_epochs"].transform(
+        lambda e: e.nunique(dropna=False))
+    return [f"{b} ({int(e)} ep)" if n > 1 and e == e else b
+            for b, e, n in zip(agg["backbone"], agg["pretrain_epochs"], epochs, strict=True)]
 
 
 def fmt_cell(mean: float, std: float, n: int, digits: int = 1) -> str:
@@ -201,36 +230,48 @@ def fmt_delta(delta: float, digits: int = 1) -> str:
     return "" if delta is None or math.isnan(delta) else f"{delta:+.{digits}f}"
 
 
-def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Display tables named `<table>` (or `<table>_<recipe>` when several recipes), one row per backbone."""
-    import pandas as pd
+def table_title(table: str, recipe: str) -> str:
+    return TITLES[table] + (f", recipe {recipe}" if recipe else "")
 
-    out: dict[str, pd.DataFrame] = {}
-    recipes = sorted(summary["recipe"].unique())
+
+def table_parts(summary: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame, list[str]]]:
+    """(file stem, table, recipe, its summary rows, its columns) for every table the summary fills."""
+    out = []
+    recipes = sorted(summary["recipe"].unique()) if not summary.empty else []
     for recipe in recipes:
         part = summary[summary["recipe"] == recipe]
         for table, columns in TABLES.items():
             present = present_columns(columns, set(part["column"]))
-            if not present:
-                continue
-            rows = []
-            for backbone, group in part[part["column"].isin(present)].groupby("backbone", sort=True):
-                row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
-                for c in present:
-                    hit = group[group["column"] == c]
-                    label = column_label(c)
-                    if hit.empty:
-                        row[label], row[f"Δ {label}"] = "", ""
-                    else:
-                        h = hit.iloc[0]
-                        row[label] = fmt_cell(h["mean"], h["std"], int(h["n"]))
-                        row[f"Δ {label}"] = fmt_delta(h["delta"])
-                        if recipe == "paper":
-                            row[f"{label} (paper)"] = "" if h["published"] is None or pd.isna(h["published"]) \
-                                else f"{h['published']:.1f}"
-                rows.append(row)
-            name = table if len(recipes) == 1 else f"{table}_{recipe or 'unnamed'}"
-            out[name] = pd.DataFrame(rows)
+            if present:
+                out.append((file_stem(table, recipe, len(recipes) > 1), table, recipe,
+                            part[part["column"].isin(present)], present))
+    return out
+
+
+def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Display tables named by their file stem (`<table>`, or `<table>_<setting>` when several settings), one row per
+    backbone (and pretraining length, when a setting holds several)."""
+    import pandas as pd
+
+    out: dict[str, pd.DataFrame] = {}
+    for stem, _, recipe, part, present in table_parts(summary):
+        rows = []
+        for backbone, group in part.groupby("label", sort=True):
+            row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
+            for c in present:
+                hit = group[group["column"] == c]
+                label = column_label(c)
+                if hit.empty:
+                    row[label], row[f"Δ {label}"] = "", ""
+                else:
+                    h = hit.iloc[0]
+                    row[label] = fmt_cell(h["mean"], h["std"], int(h["n"]))
+                    row[f"Δ {label}"] = fmt_delta(h["delta"])
+                    if recipe == "paper":
+                        row[f"{label} (paper)"] = "" if h["published"] is None or pd.isna(h["published"]) \
+                            else f"{h['published']:.1f}"
+            rows.append(row)
+        out[stem] = pd.DataFrame(rows)
     return out
 
 
@@ -296,8 +337,9 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
              f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
              "Cells: mean ± sample std over seeds (n); Δ: difference of the means to the supervised backbone of the "
              "same architecture and recipe.\n"]
+    titles = {stem: table_title(table, recipe) for stem, table, recipe, _, _ in table_parts(summary)}
     for name, table in tables(summary).items():
-        title = TITLES[name.split("_")[0]] + (f", recipe {name.split('_', 1)[1]}" if "_" in name else "")
+        title = titles[name]
         written += _write(table, out / name, formats, title)
         index.append(f"### {title}\n\n{to_markdown(table)}")
     ref = reference_table()

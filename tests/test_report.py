@@ -189,3 +189,29 @@ def test_partial_fine_tuning_is_split_by_k(tmp_path: Path) -> None:
     assert row["IN1K partial K=1 top-1"] == fmt_cell(70.0, float("nan"), 1)
     assert row["IN1K partial K=2 top-1"] == fmt_cell(74.0, float("nan"), 1)
     assert "IN1K partial top-1" not in table.columns
+
+
+def test_overrides_and_pretraining_lengths_are_settings_not_seeds(tmp_path: Path) -> None:
+    """A run under `--set` belongs to a setting of its own, and one encoder pretrained for 100 and for 400 epochs gives
+    two rows; only true repeats (seeds) share a cell."""
+    folder = tmp_path / "records"
+    for seed, v in enumerate((10.0, 12.0)):
+        store.write_record(folder, rec("mae_t", "mae", "coco", None, seed, {"bbox_mAP": v, "segm_mAP": v}))
+    store.write_record(folder, rec("mae_t", "mae", "coco", None, 0, {"bbox_mAP": 30.0, "segm_mAP": 31.0},
+                                   run_id="taps", overrides={"model.pyramid": "taps"}))
+    for epochs, v in ((100, 60.0), (400, 70.0)):
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", 0, {"top1": v}, epochs=epochs,
+                                       run_id=f"ft{epochs}"))
+    store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 65.0}))
+    out = tables(summarize(_frame(folder)))
+    assert set(out) == {"coco_tiny", 'coco_tiny_model_pyramid=_taps', "in1k_tiny"}
+    assert out["coco_tiny"].set_index("backbone").loc["mae_t", "COCO APbox"] == "11.0 ± 1.4 (n=2)"
+    taps = out['coco_tiny_model_pyramid=_taps'].set_index("backbone")
+    assert taps.loc["mae_t", "COCO APbox"] == "30.0 (n=1)"
+    in1k = out["in1k_tiny"].set_index("backbone")
+    assert in1k.loc["mae_t (100 ep)", "IN1K fine-tune top-1"] == "60.0 (n=1)"
+    assert in1k.loc["mae_t (400 ep)", "IN1K fine-tune top-1"] == "70.0 (n=1)"
+    assert in1k.loc["mae_t (400 ep)", "Δ IN1K fine-tune top-1"] == "+5.0"
+    written = {p.name for p in write_report(folder, tmp_path / "res", formats=["md"])}
+    assert {"coco_tiny.md", "coco_tiny_model_pyramid=_taps.md", "coco_tiny_model_pyramid=_taps.png"} <= written
+    assert "recipe tiny [model.pyramid=\"taps\"]" in (tmp_path / "res" / "README.md").read_text()
