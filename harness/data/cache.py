@@ -27,8 +27,9 @@ def has_version(root: Path, version: int) -> bool:
 def write_once(root: Path, write: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
     """`root`, written by `write(folder)` unless it is already complete.
 
-    The set is written into a temporary sibling and renamed into place, so a killed writer never leaves a half set, an
-    outdated or half-removed one is replaced, and of two concurrent writers the second finds the first one's set.
+    The set is written into a temporary sibling and renamed into place, so a killed writer never leaves a half set, and
+    an outdated or half-removed one is replaced. Of two concurrent writers (two runs of one suite), the one that
+    finishes second keeps the first one's set, which the other run may be reading already.
     """
     root = Path(root)
     if is_complete(root):
@@ -37,8 +38,15 @@ def write_once(root: Path, write: Callable[[Path], object], is_complete: Callabl
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         write(tmp)
-        if root.exists():
-            shutil.rmtree(root, ignore_errors=True)
+        if is_complete(root):  # a concurrent writer finished first
+            return root
+        if root.exists():  # outdated or half-removed: moved aside in one step, then deleted
+            stale = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale.", dir=root.parent))
+            try:
+                os.rename(root, stale / root.name)
+            except FileNotFoundError:  # another writer moved it first
+                pass
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, root)
         except OSError:
