@@ -18,7 +18,7 @@ from typing import Any
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DEFAULT = "tiny"
-_KEYS = {"description", "data", "suite", "backbones", "recipe", "protocols", "seeds", "tasks", "pretrain"}
+_KEYS = {"description", "data", "suite", "backbones", "recipe", "protocols", "seeds", "tasks", "pretrain", "jobs"}
 _PRETRAIN_KEYS = {"target", "recipe", "epochs", "overrides", "backbones"}
 
 
@@ -45,6 +45,7 @@ class Preset:
     seeds: list[int] = field(default_factory=lambda: [0])
     tasks: dict[str, str] = field(default_factory=dict)
     pretrain: Pretrain | None = None
+    jobs: int = 1  # runs at once on one machine (`harness run --jobs`)
 
     def recipe_for(self, task: str) -> str:
         return self.recipe.get(task, self.recipe.get("*", "tiny"))
@@ -103,7 +104,10 @@ def load_preset(name: str) -> Preset:
         protocols={k: _as_list(v, f"protocols.{k}", path) for k, v in (data.get("protocols") or {}).items()},
         seeds=[int(s) for s in _as_list(data.get("seeds", [0]), "seeds", path)],
         tasks=dict(data.get("tasks") or {}),
+        jobs=data.get("jobs", 1),
     )
+    if not isinstance(preset.jobs, int) or isinstance(preset.jobs, bool) or preset.jobs < 1:
+        raise ValueError(f"preset {path}: 'jobs' must be a whole number of at least 1, not {preset.jobs!r}")
     if data.get("pretrain"):
         pre = data["pretrain"]
         bad = sorted(set(pre) - _PRETRAIN_KEYS)

@@ -68,6 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/default", help="output folder (work/, logs/, records/, results/)")
     parser.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
     parser.add_argument("--gpus", type=int, default=1, help="processes (GPUs) per run under torchrun / slurm")
+    parser.add_argument("--jobs", type=int, help="runs at once on this machine, each with its share of the CPU "
+                        "threads or its own GPUs (default: the preset's, else 1)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes per run under slurm")
     parser.add_argument("--slurm-partition", help="Slurm partition")
     parser.add_argument("--slurm-time", type=int, default=72 * 60, help="Slurm time limit per run, minutes")
@@ -146,6 +148,7 @@ class Plan:
     runs: list[Run]
     preset: str
     backbone_modules: list[str]
+    jobs: int = 1
 
     @property
     def records(self) -> Path:
@@ -422,8 +425,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
     made = pretrain_runs(inp, records, args.force, args.pretrain_epochs)
     weights = local_weights(inp, made)
     runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", args)
+    jobs = args.jobs if args.jobs is not None else inp.preset.jobs
+    if jobs < 1:
+        raise PlanError(f"--jobs must be at least 1, got {jobs}")
     return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name,
-                backbone_modules=list(args.backbone_module))
+                backbone_modules=list(args.backbone_module), jobs=jobs)
 
 
 def _protocols(task: str, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
@@ -504,10 +510,11 @@ def log_progress(log: Path, tail: int = 4096) -> str:
 
 
 class Progress:
-    """A rich live line on a terminal; one plain line per event otherwise (logs, CI)."""
+    """A rich live view of the runs going on (one line each) on a terminal; one plain line per event otherwise."""
 
     def __init__(self, total: int) -> None:
         self.total, self.index = total, 0
+        self.active: dict[int, tuple[Run, int, float, str]] = {}  # id(run) -> (run, its number, start, detail)
         self.live = None
         if sys.stdout.isatty():
             from rich.console import Console
@@ -518,26 +525,37 @@ class Progress:
 
     def start(self, run: Run) -> None:
         self.index += 1
-        self.t0 = time.time()
-        self.line(run, "starting")
+        self.active[id(run)] = (run, self.index, time.time(), "starting")
+        self._refresh()
         if self.live is None:
             print(f"[{self.index}/{self.total}] {run.run_id} {run.label} ...", flush=True)
 
     def line(self, run: Run, detail: str) -> None:
-        if self.live is not None:
-            elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self.t0))
-            from rich.text import Text
+        if id(run) in self.active:
+            r, index, t0, _ = self.active[id(run)]
+            self.active[id(run)] = (r, index, t0, detail)
+        self._refresh()
 
-            self.live.update(Text(f"[{self.index}/{self.total}] {run.label}  {elapsed}  {detail}"))
+    def _refresh(self) -> None:
+        if self.live is None:
+            return
+        from rich.text import Text
+
+        now = time.time()
+        lines = [f"[{index}/{self.total}] {run.label}  {time.strftime('%M:%S', time.gmtime(now - t0))}  {detail}"
+                 for run, index, t0, detail in sorted(self.active.values(), key=lambda a: a[1])]
+        self.live.update(Text("\n".join(lines)))
 
     def end(self, run: Run) -> None:
-        msg = f"[{self.index}/{self.total}] {run.run_id} {run.label}: {run.status}"
+        _, index, _, _ = self.active.pop(id(run), (run, self.index, 0.0, ""))
+        msg = f"[{index}/{self.total}] {run.run_id} {run.label}: {run.status}"
         if run.wall is not None:
             msg += f" in {run.wall:.1f} s"
         if run.status == "failed":
             msg += f" ({run.error}; log {run.log})"
         if self.live is not None:
             self.live.console.print(msg, markup=False, highlight=False)
+            self._refresh()
         else:
             print(msg, flush=True)
 
@@ -616,14 +634,42 @@ def worker_command(job_path: Path, launcher: str, gpus: int) -> list[str]:
     return [sys.executable, *worker]
 
 
-def worker_env(args: argparse.Namespace) -> dict[str, str]:
+def worker_env(args: argparse.Namespace, share: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(provenance.PROJECT_ROOT), os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
     if args.log_backend:
         env["HARNESS_LOG_BACKEND"] = args.log_backend  # harness.worker.vis_backends() reads it
+    env.update(share or {})
     return env
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs runs may use: `CUDA_VISIBLE_DEVICES` as given, else every device torch sees."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def machine_shares(jobs: int, procs_per_run: int, device: str) -> list[dict[str, str]]:
+    """What each of `jobs` concurrent runs gets, as environment variables: its own GPUs when there are enough for all
+    of them, else (CPU) an equal share of the cores as OpenMP/MKL threads. One job keeps the environment as it is."""
+    if jobs == 1:
+        return [{}]
+    gpus = visible_gpus() if device != "cpu" else []
+    if gpus:
+        need = jobs * procs_per_run
+        if len(gpus) < need:
+            raise PlanError(f"--jobs {jobs} with {procs_per_run} GPU(s) per run needs {need} GPUs; {len(gpus)} "
+                            f"visible ({', '.join(gpus)}); lower --jobs or pass --device cpu")
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * procs_per_run:(i + 1) * procs_per_run])}
+                for i in range(jobs)]
+    threads = str(max(1, (os.cpu_count() or 1) // (jobs * procs_per_run)))
+    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(jobs)]
 
 
 def exit_reason(code: int | None) -> str:
@@ -657,30 +703,102 @@ def finish(plan: Plan, run: Run, job: dict[str, Any], code: int | None, started:
     run.log = job["log"]
 
 
-def run_local(plan: Plan, run: Run, args: argparse.Namespace, progress: Progress) -> None:
+@dataclass
+class Active:
+    """A run whose worker is going."""
+
+    run: Run
+    job: dict[str, Any]
+    proc: subprocess.Popen
+    lock: int
+    started: str
+    t0: float
+
+
+def start_local(plan: Plan, run: Run, args: argparse.Namespace, share: dict[str, str]) -> Active | None:
+    """Starts the run's worker (directly, or under torchrun) in a session of its own; None when the run is busy."""
     launcher = "pytorch" if args.launcher == "torchrun" else "none"
     prepared = prepare(plan, run, launcher, args)
     if prepared is None:
-        return
+        return None
     job_path, job, lock = prepared
     started, t0 = provenance.now(), time.time()
     try:
         with open(plan.log(run), "ab") as log:
             proc = subprocess.Popen(worker_command(job_path, args.launcher, args.gpus), stdout=log,
-                                    stderr=subprocess.STDOUT, env=worker_env(args), start_new_session=True,
+                                    stderr=subprocess.STDOUT, env=worker_env(args, share), start_new_session=True,
                                     pass_fds=(lock,))
-        (plan.work_dir(run) / "worker.pid").write_text(str(proc.pid))
-        try:
-            while proc.poll() is None:
-                progress.line(run, log_progress(plan.log(run)))
-                time.sleep(0.25)
-        except KeyboardInterrupt:  # the worker has its own session: stop it (and its torchrun children) ourselves
-            _stop(proc)
-            finish(plan, run, job, proc.returncode, started, time.time() - t0)
-            raise
-        finish(plan, run, job, proc.returncode, started, time.time() - t0)
-    finally:
+    except BaseException:
         os.close(lock)
+        raise
+    (plan.work_dir(run) / "worker.pid").write_text(str(proc.pid))
+    return Active(run, job, proc, lock, started, t0)
+
+
+def end_local(plan: Plan, active: Active) -> None:
+    """Once the worker has exited: its record (or the crash record) and the run's status; releases the run."""
+    try:
+        finish(plan, active.run, active.job, active.proc.returncode, active.started, time.time() - active.t0)
+    finally:
+        os.close(active.lock)
+
+
+def readiness(plan: Plan, run: Run, force: bool) -> str:
+    """'ready', 'wait' (its pretraining is still to finish), 'blocked' (the pretraining failed) or 'done'."""
+    if run.run_id is not None:
+        return "ready"
+    assert run.after is not None
+    if run.after.status in ("todo", "pending", "running"):
+        return "wait"
+    if not _after_finished(plan, run, force):
+        run.status, run.error = "blocked", f"pretraining {run.after.run_id} did not finish"
+        return "blocked"
+    return "done" if run.status == "done" else "ready"
+
+
+def run_pool(plan: Plan, runs: list[Run], args: argparse.Namespace, progress: Progress) -> None:
+    """Runs up to `plan.jobs` workers at once, in plan order, a task run as soon as its pretraining has finished;
+    Ctrl-C stops every worker and records each attempt."""
+    procs_per_run = args.gpus if args.launcher == "torchrun" else 1
+    shares = machine_shares(plan.jobs, procs_per_run, args.device)
+    pending, active, free = list(runs), {}, list(range(plan.jobs))
+    try:
+        while pending or active:
+            for run in list(pending):
+                if not free:
+                    break
+                state = readiness(plan, run, args.force)
+                if state == "wait":
+                    continue
+                pending.remove(run)
+                if state != "ready":
+                    continue
+                progress.start(run)
+                run.status = "running"
+                slot = free.pop(0)
+                started = start_local(plan, run, args, shares[slot])
+                if started is None:
+                    free.insert(0, slot)
+                    progress.end(run)
+                    continue
+                active[slot] = started
+            for slot, a in list(active.items()):
+                if a.proc.poll() is None:
+                    progress.line(a.run, log_progress(plan.log(a.run)))
+                    continue
+                del active[slot]
+                free.append(slot)
+                end_local(plan, a)
+                progress.end(a.run)
+            if active:
+                time.sleep(0.25)
+            elif pending and all(readiness(plan, r, args.force) == "wait" for r in pending):
+                raise RuntimeError(f"runs wait for pretrainings that are not planned: {pending[0].label}")
+    except KeyboardInterrupt:  # workers have sessions of their own: stop them (and torchrun's children) ourselves
+        for a in active.values():
+            _stop(a.proc)
+            end_local(plan, a)
+        raise
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -741,28 +859,19 @@ def run_slurm(plan: Plan, runs: list[Run], args: argparse.Namespace, progress: P
 
 
 def execute(plan: Plan, args: argparse.Namespace) -> list[Run]:
-    """Runs what is not done: pretrainings first, then the task runs whose weights now exist."""
+    """Runs what is not done: pretrainings first, each task run once the weights it loads exist."""
     todo = [r for r in plan.runs if r.status != "done"]
     progress = Progress(len(todo))
     try:
-        for phase in ("pretrain", "task"):
+        if args.launcher != "slurm":
+            run_pool(plan, todo, args, progress)
+            return plan.runs
+        for phase in ("pretrain", "task"):  # slurm: each phase's jobs run in parallel on the cluster
             batch = []
             for run in (r for r in todo if r.kind == phase):
-                if phase == "task" and run.run_id is None:
-                    if not _after_finished(plan, run, args.force):
-                        run.status = "blocked"
-                        run.error = f"pretraining {run.after.run_id} did not finish"
-                        continue
-                    if run.status == "done":
-                        continue
-                batch.append(run)
-            if args.launcher == "slurm":
-                run_slurm(plan, batch, args, progress)
-                continue
-            for run in batch:
-                progress.start(run)
-                run_local(plan, run, args, progress)
-                progress.end(run)
+                if readiness(plan, run, args.force) == "ready":
+                    batch.append(run)
+            run_slurm(plan, batch, args, progress)
     finally:
         progress.stop()
     return plan.runs

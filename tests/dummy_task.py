@@ -69,7 +69,8 @@ def run(ctx: TaskContext) -> TaskResult:
                "resumed_from": start}
     if ctx.launcher == "pytorch":
         metrics["world_size"], metrics["rank_sum"] = _all_reduce_rank()
-    extra = {"pid": os.getpid(), "checkpoint": ctx.checkpoint, "data_root": str(ctx.data_root)}
+    extra = {"pid": os.getpid(), "checkpoint": ctx.checkpoint, "data_root": str(ctx.data_root),
+             "omp_threads": os.environ.get("OMP_NUM_THREADS"), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
     return TaskResult(metrics=metrics, recipe=recipe, extra=extra)
 
 
@@ -80,6 +81,7 @@ def pretrain(method: str, backbone: str, out_dir: str | Path, epochs: int | None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     epochs = epochs or 2
+    time.sleep(float((overrides or {}).get("sleep", 0.0)))
     with open(out_dir / "log.jsonl", "w") as log:
         for step in range(4 * epochs):
             loss = 1.0 / (1 + step) + (0.1 if method == "mae" else 0.2)

@@ -23,18 +23,19 @@ TINY = ["mae_vit_tiny_patch4", "supervised_vit_tiny_patch4", "scratch_vit_tiny_p
 
 
 def write_suite(tmp: Path, *, steps: int = 2, sleep: float = 0.0, pretrain: bool = False, data: str = "embedded",
-                suite: str = "[in1k, coco]", protocols: str = "[finetune, linprobe]") -> Path:
+                suite: str = "[in1k, coco]", protocols: str = "[finetune, linprobe]", pretrain_sleep: float = 0.0,
+                extra: str = "") -> Path:
     """A preset YAML pointing in1k and coco at the dummy task, with its own versioned recipe."""
     (tmp / "dummy.yaml").write_text(f"version: 1\nsteps: {steps}\nsleep: {sleep}\nfail_on: null\nmetric: top1\n"
                                     "base: 50.0\n")
-    pre = (f"pretrain:\n  target: {DUMMY}:pretrain\n  epochs: 2\n"
+    pre = (f"pretrain:\n  target: {DUMMY}:pretrain\n  epochs: 2\n  overrides: {{sleep: {pretrain_sleep}}}\n"
            "  backbones: {mae_vit_tiny_patch4: mae, supervised_vit_tiny_patch4: supervised}\n") if pretrain else ""
     path = tmp / "preset.yaml"
     path.write_text(
         f"description: dummy suite\ndata: {data}\nsuite: {suite}\n"
         f"tasks: {{in1k: '{DUMMY}:run', coco: '{DUMMY}:run'}}\n"
         f"backbones: [{', '.join(TINY)}]\nrecipe: {tmp / 'dummy.yaml'}\nprotocols: {{in1k: {protocols}}}\n"
-        f"seeds: [0]\n{pre}"
+        f"seeds: [0]\n{pre}{extra}"
     )
     return path
 
@@ -286,3 +287,56 @@ def test_builtin_presets_plan(tmp_path, monkeypatch, capsys) -> None:
     for name in ("paper", "short"):
         assert harness(monkeypatch, "run", "--preset", name, "--out", str(tmp_path / name)) == DID_NOT_START
         assert "--data-root" in capsys.readouterr().err
+
+
+def _interval(rec: dict) -> tuple[float, float]:
+    from datetime import datetime
+
+    return tuple(datetime.fromisoformat(rec[k]).timestamp() for k in ("started_at", "finished_at"))
+
+
+@pytest.mark.slow
+def test_jobs_run_at_once_and_tasks_wait_only_for_their_own_pretraining(tmp_path, monkeypatch, capsys) -> None:
+    """`--jobs 3`: up to three workers at once, each with a third of the cores as threads; a task run starts once the
+    pretraining it loads has finished, and scratch runs (which load none) take the free slot meanwhile."""
+    preset = write_suite(tmp_path, pretrain=True, suite="[in1k]", protocols="[finetune, linprobe]", steps=2,
+                         sleep=0.3, pretrain_sleep=3.0)
+    out = tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out), "--jobs", "3", "--no-report") == 0
+    recs = list(latest(out).values())
+    pre = {r["backbone"]["name"]: _interval(r) for r in recs if r["kind"] == "pretrain"}
+    tasks = [(r["backbone"]["name"], _interval(r), r) for r in recs if r["kind"] == "task"]
+    assert len(pre) == 2 and len(tasks) == 6 and all(r["status"] == "finished" for r in recs)
+    for name, (start, _), _ in tasks:
+        if name in pre:
+            assert start >= pre[name][1]  # never before its encoder exists
+    intervals = sorted([*pre.values(), *(t[1] for t in tasks)])
+    assert max(len([i for i in intervals if i[0] <= t < i[1]]) for t, _ in intervals) == 3  # three at once, no more
+    scratch = [t[1] for t in tasks if t[0] == "scratch_vit_tiny_patch4"]
+    assert max(end for _, end in scratch) < min(end for _, end in pre.values())  # done while the encoders were made
+    threads = str(max(1, (os.cpu_count() or 1) // 3))
+    assert {t[2]["extra"]["omp_threads"] for t in tasks} == {threads}
+
+
+def test_jobs_flag_and_preset_key_are_checked(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    preset = write_suite(tmp_path)
+    assert harness(monkeypatch, *base_args(preset, out), "--jobs", "0") == DID_NOT_START
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    bad = write_suite(tmp_path, extra="jobs: two\n")
+    assert harness(monkeypatch, *base_args(bad, out), "--dry-run") == DID_NOT_START
+    assert "'jobs' must be a whole number" in capsys.readouterr().err and not out.exists()
+
+
+def test_machine_shares(monkeypatch) -> None:
+    from harness.runner import PlanError, machine_shares
+
+    assert machine_shares(1, 1, "auto") == [{}]  # one job: the environment as it is
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert machine_shares(2, 2, "auto") == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    with pytest.raises(PlanError, match="needs 6 GPUs; 4 visible"):
+        machine_shares(3, 2, "cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert machine_shares(2, 1, "auto") == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+    assert machine_shares(16, 1, "cpu")[0]["OMP_NUM_THREADS"] == "1"
