@@ -148,7 +148,7 @@ class Plan:
     runs: list[Run]
     preset: str
     backbone_modules: list[str]
-    jobs: int = 1
+    shares: list[dict[str, str]] = field(default_factory=lambda: [{}])  # per concurrent job: its GPUs or threads
 
     @property
     def records(self) -> Path:
@@ -428,8 +428,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
     jobs = args.jobs if args.jobs is not None else inp.preset.jobs
     if jobs < 1:
         raise PlanError(f"--jobs must be at least 1, got {jobs}")
+    shares = [{}] if args.launcher == "slurm" else machine_shares(
+        jobs, args.gpus if args.launcher == "torchrun" else 1, args.device)
     return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name,
-                backbone_modules=list(args.backbone_module), jobs=jobs)
+                backbone_modules=list(args.backbone_module), shares=shares)
 
 
 def _protocols(task: str, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
@@ -757,11 +759,10 @@ def readiness(plan: Plan, run: Run, force: bool) -> str:
 
 
 def run_pool(plan: Plan, runs: list[Run], args: argparse.Namespace, progress: Progress) -> None:
-    """Runs up to `plan.jobs` workers at once, in plan order, a task run as soon as its pretraining has finished;
-    Ctrl-C stops every worker and records each attempt."""
-    procs_per_run = args.gpus if args.launcher == "torchrun" else 1
-    shares = machine_shares(plan.jobs, procs_per_run, args.device)
-    pending, active, free = list(runs), {}, list(range(plan.jobs))
+    """Runs as many workers at once as the plan has shares of the machine, in plan order, a task run as soon as its
+    pretraining has finished; Ctrl-C stops every worker and records each attempt."""
+    shares = plan.shares
+    pending, active, free = list(runs), {}, list(range(len(shares)))
     try:
         while pending or active:
             for run in list(pending):

@@ -323,9 +323,15 @@ def test_jobs_flag_and_preset_key_are_checked(tmp_path, monkeypatch, capsys) -> 
     preset = write_suite(tmp_path)
     assert harness(monkeypatch, *base_args(preset, out), "--jobs", "0") == DID_NOT_START
     assert "--jobs must be at least 1" in capsys.readouterr().err
-    bad = write_suite(tmp_path, extra="jobs: two\n")
+    (tmp_path / "bad").mkdir()
+    bad = write_suite(tmp_path / "bad", extra="jobs: two\n")
     assert harness(monkeypatch, *base_args(bad, out), "--dry-run") == DID_NOT_START
     assert "'jobs' must be a whole number" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    args = [*base_args(preset, out), "--jobs", "2", "--device", "cuda"]
+    assert harness(monkeypatch, *args) == DID_NOT_START  # found while planning, before any work
+    assert "--jobs 2 with 1 GPU(s) per run needs 2 GPUs; 1 visible (0)" in capsys.readouterr().err
+    assert not (out / "records").exists()
 
 
 def test_machine_shares(monkeypatch) -> None:
