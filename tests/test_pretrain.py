@@ -89,6 +89,15 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path, monkeyp
     assert [r["loss"] for r in _log(tmp_path / "b")] == pytest.approx([r["loss"] for r in _log(tmp_path / "a")])
 
 
+def test_same_pretraining_same_bytes(tmp_path: Path) -> None:
+    """The runs built on an encoder are identified by its sha256: pretraining again with the same settings must give
+    the very same file, not one that differs in a timestamp."""
+    kwargs = dict(epochs=1, overrides=FAST_MAE, progress=False)
+    a = pretrain("mae", "mae_vit_tiny_patch4", tmp_path / "a", **kwargs)
+    b = pretrain("mae", "mae_vit_tiny_patch4", tmp_path / "b", **kwargs)
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
     pretrain("mae", "mae_vit_tiny_patch4", tmp_path, epochs=1, overrides=FAST_MAE, progress=False)
     (tmp_path / "encoder.pth").unlink()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import platform
 import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,15 +138,16 @@ def pretrain(
         clip_grad=opt.get("clip_grad"), amp=cfg.get("amp", "bf16"),
     )
     schedule = engine.Schedule(lr, cfg["epochs"], opt.get("warmup_epochs", 0), opt.get("min_lr", 0.0))
-    t0 = time.time()
     losses = engine.train(model, model.training_loss, loader, optimizer, schedule, loop, out_dir, settings, dev,
                           progress=progress)
     meta = {
         "method": method, "backbone": backbone, "epochs": cfg["epochs"], "recipe": cfg["name"],
         "recipe_version": cfg["version"], "seed": seed, "data": source, "lr": lr, "eff_batch_size": eff_batch,
-        "last_epoch_loss": losses[-1] if losses else None, "wall_time_s": round(time.time() - t0, 1),
-        "device": str(dev), "torch": str(torch.__version__), "python": platform.python_version(), "settings": settings,
+        "last_epoch_loss": losses[-1] if losses else None, "device": str(dev), "torch": str(torch.__version__),
+        "python": platform.python_version(), "settings": settings,
     }
+    # no wall time in meta (the run's record has it): the same pretraining writes the same bytes, so the sha256 that
+    # identifies the runs built on it stays the same when it is run again
     engine.atomic_save({"model": model.encoder_state_dict(), "meta": meta}, export)
     if method == "mae":
         from harness.pretrain.reconstruction import save_figure
