@@ -55,3 +55,9 @@ def write_once(root: Path, write: Callable[[Path], object], is_complete: Callabl
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_version(root: Path, write: Callable[[Path], object], version: int) -> Path:
+    """`root`, written once by `write(folder)` (which ends with `mark_version(folder, version)`) and reused while its
+    marker says `version`; a set of another version is rewritten (see `write_once`)."""
+    return write_once(root, write, lambda folder: has_version(folder, version))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness.data import fashion_mnist
-from harness.data.cache import cache_root, has_version, mark_version, write_once
+from harness.data.cache import cache_root, ensure_version, mark_version
 
 CLASSES = fashion_mnist.CLASSES  # category id = label + 1
 FORMAT_VERSION = 2  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
@@ -143,14 +143,10 @@ def write(root: Path, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL)
     return root
 
 
-def _is_complete(root: Path) -> bool:
-    return has_version(root, FORMAT_VERSION)
-
-
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
     """The set at `root` (default: the cache, `default_root(seed)`), written there once and reused.
 
     See `harness.data.cache.write_once`: a killed writer never leaves a half set.
     """
     root = Path(root) if root is not None else default_root(seed)
-    return write_once(root, lambda tmp: write(tmp, seed=seed), _is_complete)
+    return ensure_version(root, lambda tmp: write(tmp, seed=seed), FORMAT_VERSION)
