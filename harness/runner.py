@@ -16,6 +16,7 @@ the same jobs with submitit's local executor). Nothing here imports torch at mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -901,6 +903,30 @@ def summary(plan: Plan) -> str:
     return _table(rows, ["run_id", "run", "status", "wall s", "metric", "note"])
 
 
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP (a scheduler's or a closed terminal's stop) take Ctrl-C's path while the suite runs: the
+    workers, which have sessions of their own and would otherwise go on unattended, are stopped and their attempts
+    recorded. Yields the list of signals received."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    try:
+        previous = {sig: signal.signal(sig, interrupt) for sig in wanted}
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         plan = build_plan(args)
@@ -911,11 +937,13 @@ def run(args: argparse.Namespace) -> int:
         print_plan(plan)
         return 0
     try:
-        execute(plan, args)
+        with _stop_signals_interrupt() as received:
+            execute(plan, args)
     except KeyboardInterrupt:
         print(summary(plan))
-        print("harness run: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        name = signal.Signals(received[-1]).name if received else "SIGINT"
+        print(f"harness run: interrupted ({name}); run the same command again to resume", file=sys.stderr)
+        return 128 + (received[-1] if received else signal.SIGINT)
     print(summary(plan))
     failed = sum(r.status in ("failed", "blocked") for r in plan.runs)
     if not args.no_report:

@@ -187,6 +187,27 @@ def test_worker_killed_midway_resumes(tmp_path) -> None:
     assert log.count("===== ") == 2 and f"resuming from step {done_before}" in log
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_runner_stops_and_records_its_worker(tmp_path) -> None:
+    """A scheduler stops with SIGTERM: the worker (in a session of its own) must not run on unattended."""
+    preset, out = write_suite(tmp_path, steps=200, sleep=0.25, suite="[in1k]", protocols="[finetune]"), tmp_path / "o"
+    cmd = [sys.executable, "-m", "harness", *base_args(preset, out), "--backbones", "mae_vit_tiny_patch4",
+           "--checkpoint", f"mae_vit_tiny_patch4={DUMMY}", "--no-report"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    states = lambda: list((out / "work").glob("*/state.json"))  # noqa: E731
+    _wait_for(lambda: states() and json.loads(states()[0].read_text())["step"] >= 2)
+    worker = int((states()[0].parent / "worker.pid").read_text())
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stdout
+    assert "interrupted (SIGTERM)" in stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)  # gone, not orphaned
+    (rec,) = latest(out).values()
+    assert rec["status"] == "failed" and rec["log"] in rec["error"]
+    assert json.loads(states()[0].read_text())["step"] < 200
+
+
 def test_pretraining_is_a_recorded_skippable_step(tmp_path, monkeypatch, capsys) -> None:
     preset, out = write_suite(tmp_path, pretrain=True, suite="[in1k]", protocols="[finetune]"), tmp_path / "out"
     assert harness(monkeypatch, *base_args(preset, out), "--dry-run") == 0
