@@ -161,15 +161,21 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slow
-def test_worker_killed_midway_resumes(tmp_path) -> None:
-    preset, out = write_suite(tmp_path, steps=12, sleep=0.25, suite="[in1k]", protocols="[finetune]"), tmp_path / "o"
+def _start_one_run(tmp: Path, steps: int, after: int) -> tuple[subprocess.Popen, list[str], Path, Path]:
+    """`harness run` of one dummy run of `steps` steps in a subprocess, returned once `after` steps are done:
+    (process, command, out folder, the run's work folder)."""
+    preset, out = write_suite(tmp, steps=steps, sleep=0.25, suite="[in1k]", protocols="[finetune]"), tmp / "o"
     cmd = [sys.executable, "-m", "harness", *base_args(preset, out), "--backbones", "mae_vit_tiny_patch4",
            "--checkpoint", f"mae_vit_tiny_patch4={DUMMY}", "--no-report"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     states = lambda: list((out / "work").glob("*/state.json"))  # noqa: E731
-    _wait_for(lambda: states() and json.loads(states()[0].read_text())["step"] >= 3)
-    work = states()[0].parent
+    _wait_for(lambda: states() and json.loads(states()[0].read_text())["step"] >= after)
+    return proc, cmd, out, states()[0].parent
+
+
+@pytest.mark.slow
+def test_worker_killed_midway_resumes(tmp_path) -> None:
+    proc, cmd, out, work = _start_one_run(tmp_path, steps=12, after=3)
     os.kill(int((work / "worker.pid").read_text()), signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, stdout
@@ -190,13 +196,8 @@ def test_worker_killed_midway_resumes(tmp_path) -> None:
 @pytest.mark.slow
 def test_sigterm_to_the_runner_stops_and_records_its_worker(tmp_path) -> None:
     """A scheduler stops with SIGTERM: the worker (in a session of its own) must not run on unattended."""
-    preset, out = write_suite(tmp_path, steps=200, sleep=0.25, suite="[in1k]", protocols="[finetune]"), tmp_path / "o"
-    cmd = [sys.executable, "-m", "harness", *base_args(preset, out), "--backbones", "mae_vit_tiny_patch4",
-           "--checkpoint", f"mae_vit_tiny_patch4={DUMMY}", "--no-report"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    states = lambda: list((out / "work").glob("*/state.json"))  # noqa: E731
-    _wait_for(lambda: states() and json.loads(states()[0].read_text())["step"] >= 2)
-    worker = int((states()[0].parent / "worker.pid").read_text())
+    proc, _, out, work = _start_one_run(tmp_path, steps=200, after=2)
+    worker = int((work / "worker.pid").read_text())
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stdout
@@ -205,7 +206,7 @@ def test_sigterm_to_the_runner_stops_and_records_its_worker(tmp_path) -> None:
         os.kill(worker, 0)  # gone, not orphaned
     (rec,) = latest(out).values()
     assert rec["status"] == "failed" and rec["log"] in rec["error"]
-    assert json.loads(states()[0].read_text())["step"] < 200
+    assert json.loads((work / "state.json").read_text())["step"] < 200
 
 
 def test_pretraining_is_a_recorded_skippable_step(tmp_path, monkeypatch, capsys) -> None:
