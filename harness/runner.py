@@ -904,11 +904,10 @@ def summary(plan: Plan) -> str:
 
 
 @contextlib.contextmanager
-def _stop_signals_interrupt() -> Iterator[list[int]]:
+def _stop_signals_interrupt(received: list[int]) -> Iterator[None]:
     """SIGTERM and SIGHUP (a scheduler's or a closed terminal's stop) take Ctrl-C's path while the suite runs: the
     workers, which have sessions of their own and would otherwise go on unattended, are stopped and their attempts
-    recorded. Yields the list of signals received."""
-    received: list[int] = []
+    recorded. The signals received are appended to `received`."""
 
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)
@@ -918,10 +917,10 @@ def _stop_signals_interrupt() -> Iterator[list[int]]:
     try:
         previous = {sig: signal.signal(sig, interrupt) for sig in wanted}
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
-        yield received
+        yield
         return
     try:
-        yield received
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -936,8 +935,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(plan)
         return 0
+    received: list[int] = []
     try:
-        with _stop_signals_interrupt() as received:
+        with _stop_signals_interrupt(received):
             execute(plan, args)
     except KeyboardInterrupt:
         print(summary(plan))
