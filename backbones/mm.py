@@ -117,6 +117,68 @@ def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], si
     return x.reshape(B, Hp, Wp, -1)[:, : size[0], : size[1]]
 
 
+def rel_pos_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """`[q_size, k_size, C]` embeddings of the relative offsets between q_size queries and k_size keys along one axis,
+    from a table of `[2 * S - 1, C]` (resampled linearly to `2 * max(q_size, k_size) - 1` rows when S differs);
+    offsets are scaled to the coarser of the two grids (ViTDet's `get_rel_pos`)."""
+    rows = 2 * max(q_size, k_size) - 1
+    if table.shape[0] != rows:
+        table = F.interpolate(table.t()[None], size=rows, mode="linear")[0].t()  # [rows, C]
+    q = torch.arange(q_size, device=table.device)[:, None] * max(k_size / q_size, 1.0)
+    k = torch.arange(k_size, device=table.device)[None, :] * max(q_size / k_size, 1.0)
+    return table[(q - k + (k_size - 1) * max(q_size / k_size, 1.0)).long()]
+
+
+class RelPosAttention(nn.Module):
+    """A timm `Attention` (its own qkv, norms and projection, under the same names) plus ViTDet's decomposed relative
+    position bias (Li et al. 2022, Sec. 4.1 and detectron2 `add_decomposed_rel_pos`, after MViTv2): the logit of query
+    (y, x) and key (y', x') gains `q . R_h[y - y'] + q . R_w[x - x']`, with one `[2 * S - 1, head_dim]` table per axis,
+    zero at the start so that the pretrained attention is unchanged until fine-tuning moves it.
+
+    The token grid `(prefix, h, w)` of the next calls is set by the owner (`grid`): tokens `prefix:` are the `h x w`
+    grid in row-major order; prefix tokens (class token) get no bias. A call whose token count does not match the grid
+    (the class token alone, in windowed blocks) runs without bias.
+    """
+
+    def __init__(self, attn: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        if getattr(attn, "gate", None) is not None:
+            raise ValueError("RelPosAttention: gated timm attention is not supported")
+        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
+        self.attn_dim = attn.num_heads * attn.head_dim
+        for name in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"):
+            setattr(self, name, getattr(attn, name))
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * size[0] - 1, self.head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * size[1] - 1, self.head_dim))
+        self.grid: tuple[int, int, int] = (0, *size)
+
+    def _bias(self, q: torch.Tensor) -> torch.Tensor | None:
+        """`[B, heads, N, N]` additive logits for queries `q` `[B, heads, N, head_dim]` (unscaled, as ViTDet)."""
+        prefix, h, w = self.grid
+        B, heads, N, C = q.shape
+        if N != prefix + h * w:
+            return None
+        rq = q[:, :, prefix:].reshape(B, heads, h, w, C)
+        rel_h = torch.einsum("bnyxc,ykc->bnyxk", rq, rel_pos_table(self.rel_pos_h, h, h).to(q.dtype))  # [.., h, w, h]
+        rel_w = torch.einsum("bnyxc,xkc->bnyxk", rq, rel_pos_table(self.rel_pos_w, w, w).to(q.dtype))  # [.., h, w, w]
+        grid = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, h * w, h * w)
+        return F.pad(grid, (prefix, 0, prefix, 0)) if prefix else grid
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("RelPosAttention: attention masks are not supported")
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        bias = self._bias(q)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+        )
+        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        return self.proj_drop(self.proj(x))
+
+
 def _create_vit(backbone: str, **kwargs: Any) -> nn.Module:
     """The timm model with inputs of any size (timm's `dynamic_img_size`: pos-embed resampled on the fly, input padded
     to the patch size) where the architecture supports it (VisionTransformer); others (BEiT) keep their fixed size."""
@@ -137,7 +199,9 @@ class HarnessViT(BaseModule):
     ones when there are fewer levels), channels `D`.
     Strides are patch_size / scale_factor. `window_size > 0` makes every block not in `global_blocks` attend within
     non-overlapping windows of that many patches (ViTDet), the class token on its own (stochastic depth is then drawn
-    per window rather than per image).
+    per window rather than per image). `rel_pos=True` gives every block ViTDet's decomposed relative position bias
+    (`RelPosAttention`, zero-initialised: the loaded weights compute the same features until fine-tuning moves it),
+    sized for the window in windowed blocks and for the `img_size` grid in global ones, resampled for other grids.
     """
 
     def __init__(
@@ -151,6 +215,7 @@ class HarnessViT(BaseModule):
         drop_path_rate: float = 0.1,
         window_size: int = 0,
         global_blocks: Sequence[int] | None = (),
+        rel_pos: bool = False,
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
@@ -171,7 +236,10 @@ class HarnessViT(BaseModule):
         self.out_channels = [_out_channels(dim, pyramid, s) for s in self.scale_factors]
         self.strides = [int(p) if p.is_integer() else p for p in (spec.patch_size / s for s in self.scale_factors)]
         removed = self._remove_unused(depth)
-        report = getattr(self.vit, "load_report", {"initialised_fresh": [], "skipped": []})
+        report = dict(getattr(self.vit, "load_report", {"initialised_fresh": [], "skipped": []}))
+        self.rel_pos = bool(rel_pos)
+        if self.rel_pos:
+            report["initialised_fresh"] = [*report.get("initialised_fresh", []), *self._add_rel_pos(backbone)]
         self.load_report = {
             "backbone": backbone,
             "checkpoint": self.vit.checkpoint_path,
@@ -211,6 +279,28 @@ class HarnessViT(BaseModule):
             self.vit.blocks = self.vit.blocks[: last + 1]
         return removed
 
+    def _add_rel_pos(self, backbone: str) -> list[str]:
+        """Swaps every kept block's attention for a `RelPosAttention`; returns the new parameters' names."""
+        if not getattr(self.vit, "dynamic_img_size", False) or not hasattr(self.vit.blocks[0], "attn"):
+            raise ValueError(
+                f"rel_pos=True needs a timm VisionTransformer; {backbone!r} is {type(self.vit).__name__}"
+                " (BEiT brings its own relative position bias)"
+            )
+        grid = tuple(int(g) for g in self.vit.patch_embed.grid_size)
+        names = []
+        for i, blk in enumerate(self.vit.blocks):
+            size = grid if not self.window_size or i in self.global_blocks else (self.window_size,) * 2
+            blk.attn = RelPosAttention(blk.attn, size)
+            names += [f"blocks.{i}.attn.rel_pos_h", f"blocks.{i}.attn.rel_pos_w"]
+        return names
+
+    def _set_rel_pos_grids(self, x: torch.Tensor) -> None:
+        """Tells each `RelPosAttention` the token grid of this input: the window, or the whole (padded) image."""
+        h, w = self.vit.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+        for i, blk in enumerate(self.vit.blocks):
+            windowed = self.window_size and i not in self.global_blocks
+            blk.attn.grid = (0, self.window_size, self.window_size) if windowed else (self.vit.num_prefix_tokens, h, w)
+
     @property
     def num_layers(self) -> int:
         """Layer-decay depth L: embeddings are layer 0, blocks 1..L, everything after L + 1."""
@@ -227,6 +317,8 @@ class HarnessViT(BaseModule):
     def _block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Maps [B, D, h, w] of the blocks in `self.taps` (in tap order)."""
         wanted = sorted(set(self.taps))
+        if self.rel_pos:
+            self._set_rel_pos_grids(x)
         if self.window_size:
             maps = self._forward_windowed(x, wanted)
         else:

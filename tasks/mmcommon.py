@@ -5,7 +5,7 @@ Stable interface for `tasks.detection` and `tasks.segmentation`; change a signat
 
 * `CUSTOM_IMPORTS`, `import_adapter()`
 * `use_cuda(device)`, `world_size(launcher)`, `per_gpu_batch(total, launcher, key)`
-* `backbone_cfg(ctx, img_size, pyramid, drop_path_rate, window_size, global_blocks, taps, scale_factors)`
+* `backbone_cfg(ctx, img_size, pyramid, drop_path_rate, window_size, global_blocks, taps, scale_factors, rel_pos)`
 * `data_preprocessor_stats(backbone)`
 * `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None)`, `poly_schedule(warmup_iters, max_iters, ...)`
 * `runtime_cfg(ctx, scope, max_iters, val_interval, checkpoint_interval, log_interval)`
@@ -83,6 +83,7 @@ def backbone_cfg(
     global_blocks: tuple[int, ...] | list[int] = (),
     taps: list[int] | None = None,
     scale_factors: tuple[float, ...] | list[float] | None = None,
+    rel_pos: bool = False,
 ) -> dict[str, Any]:
     """The `HarnessViT` config of the run's backbone, with the run's checkpoint and trust setting."""
     cfg = dict(
@@ -95,6 +96,7 @@ def backbone_cfg(
         drop_path_rate=float(drop_path_rate),
         window_size=int(window_size),
         global_blocks=tuple(global_blocks),
+        rel_pos=bool(rel_pos),
         allow_pickle=bool(ctx.allow_pickle),
     )
     if scale_factors is not None:

@@ -130,6 +130,61 @@ def test_window_attention() -> None:
         assert not torch.allclose(a[..., 4:, 4:], b[..., 4:, 4:], atol=1e-4)
 
 
+def test_rel_pos_starts_as_the_plain_model_then_biases_by_offset() -> None:
+    """ViTDet's decomposed relative position bias: zero tables leave the loaded model's features as they were; trained
+    tables add q . R_h[dy] + q . R_w[dx] to the logits of grid tokens and nothing to the class token's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 48, 72)  # a 6 x 9 grid, not the 8 x 8 of img_size 64
+    plain = mm.HarnessViT("test_vit", img_size=64, drop_path_rate=0.0, window_size=4, global_blocks=(1, 3)).eval()
+    rel = mm.HarnessViT("test_vit", img_size=64, drop_path_rate=0.0, window_size=4, global_blocks=(1, 3),
+                        rel_pos=True).eval()  # fmt: skip
+    result = rel.load_state_dict(plain.state_dict(), strict=False)
+    tables = [f"vit.blocks.{i}.attn.rel_pos_{a}" for i in range(DEPTH) for a in "hw"]
+    assert sorted(result.missing_keys) == sorted(tables) and not result.unexpected_keys
+    assert rel.load_report["initialised_fresh"] == [t[len("vit.") :] for t in tables]
+    head_dim = DIM // 2
+    assert tuple(rel.vit.blocks[0].attn.rel_pos_h.shape) == (2 * 4 - 1, head_dim)  # windowed: the window
+    assert tuple(rel.vit.blocks[1].attn.rel_pos_w.shape) == (2 * 8 - 1, head_dim)  # global: the img_size grid
+    with torch.no_grad():
+        for a, b in zip(plain(x), rel(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        for name, p in rel.named_parameters():
+            if ".rel_pos_" in name:
+                p.normal_(std=0.5)
+        assert not torch.allclose(plain(x)[2], rel(x)[2], atol=1e-3)
+        # one global attention call against the bias written out token by token
+        attn, (h, w) = rel.vit.blocks[1].attn, (6, 9)
+        attn.grid = (1, h, w)
+        tokens = torch.randn(2, 1 + h * w, DIM)
+        q, k, v = attn.qkv(tokens).reshape(2, 1 + h * w, 3, 2, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        th, tw = mm.rel_pos_table(attn.rel_pos_h, h, h), mm.rel_pos_table(attn.rel_pos_w, w, w)
+        bias = torch.zeros(2, 2, 1 + h * w, 1 + h * w)
+        for i in range(h * w):
+            for j in range(h * w):
+                bias[:, :, 1 + i, 1 + j] = q[:, :, 1 + i] @ (th[i // w, j // w] + tw[i % w, j % w])
+        logits = q @ k.transpose(-2, -1) * attn.scale + bias
+        expected = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(2, 1 + h * w, DIM))
+        torch.testing.assert_close(attn(tokens), expected, rtol=1e-4, atol=1e-5)
+        assert attn(tokens[:, :1]).shape == (2, 1, DIM)  # the class token alone (windowed blocks): no grid, no bias
+    rel.train()
+    rel(x)[2].square().mean().backward()
+    assert all(rel.vit.blocks[i].attn.rel_pos_h.grad.abs().sum() > 0 for i in range(3))  # block 3 feeds no level 2
+
+
+def test_rel_pos_table_offsets_and_resampling() -> None:
+    table = torch.arange(7.0)[:, None]  # offsets -3..3 of a 4-token axis
+    got = mm.rel_pos_table(table, 4, 4)[..., 0]
+    assert torch.equal(got, torch.arange(4.0)[:, None] - torch.arange(4.0)[None, :] + 3)  # row i, col j: i - j + 3
+    bigger = mm.rel_pos_table(table, 6, 6)[..., 0]  # resampled to 11 rows for a 6-token axis
+    assert bigger.shape == (6, 6) and torch.equal(bigger.diagonal(), torch.full((6,), 3.0))  # offset 0: the middle
+    assert bool((bigger[:, :-1] > bigger[:, 1:]).all())  # still ordered by offset
+
+
+def test_rel_pos_needs_a_timm_vit() -> None:
+    with pytest.raises(ValueError, match="rel_pos=True needs a timm VisionTransformer"):
+        mm.HarnessViT("test_beit", img_size=(32, 32), rel_pos=True)
+
+
 def test_window_partition_roundtrip() -> None:
     x = torch.randn(2, 7, 10, 5)  # not multiples of the window: padded, then cropped back
     windows, padded = mm.window_partition(x, 4)
@@ -299,6 +354,25 @@ def test_layer_decay_constructor() -> None:
                  "backbone.vit.blocks.0.attn.qkv.bias", "head.bias"):  # fmt: skip
         assert wd[name] == 0.0, name
     assert wd["backbone.vit.blocks.0.attn.qkv.weight"] == 0.05 and wd["head.weight"] == 0.05
+
+
+def test_layer_decay_places_rel_pos_tables_in_their_block() -> None:
+    from mmengine.optim import build_optim_wrapper
+
+    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit", rel_pos=True)))
+    cfg = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.1),
+        constructor="HarnessLayerDecayOptimizerConstructor",
+        paramwise_cfg=dict(layer_decay_rate=0.5),
+    )
+    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+    lr = {n: g["lr"] for g in groups for n in g["param_names"]}
+    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    for i in range(DEPTH):
+        name = f"backbone.vit.blocks.{i}.attn.rel_pos_h"
+        assert lr[name] == pytest.approx(1e-3 * 0.5 ** (DEPTH - i)), name
+        assert wd[name] == 0.1  # decayed, as ViTDet does (only pos_embed is exempt there)
 
 
 def test_layer_decay_needs_the_adapter() -> None:
