@@ -49,8 +49,6 @@ def arch_shape(backbone: str) -> tuple[int, int, int]:
     return int(model.embed_dim), len(model.blocks), int(model.patch_embed.patch_size[0])
 
 
-
-
 def _check_pyramid(pyramid: str, scale_factors: Sequence[float]) -> None:
     if pyramid not in PYRAMIDS:
         raise ValueError(f"pyramid must be one of {', '.join(PYRAMIDS)}, not {pyramid!r}")
@@ -129,40 +127,79 @@ def rel_pos_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor
     return table[(q - k + (k_size - 1) * max(q_size / k_size, 1.0)).long()]
 
 
-class RelPosAttention(nn.Module):
-    """A timm `Attention` (its own qkv, norms and projection, under the same names) plus ViTDet's decomposed relative
-    position bias (Li et al. 2022, Sec. 4.1 and detectron2 `add_decomposed_rel_pos`, after MViTv2): the logit of query
-    (y, x) and key (y', x') gains `q . R_h[y - y'] + q . R_w[x - x']`, with one `[2 * S - 1, head_dim]` table per axis,
-    zero at the start so that the pretrained attention is unchanged until fine-tuning moves it.
+REL_POS = ("decomposed", "table")
 
-    The token grid `(prefix, h, w)` of the next calls is set by the owner (`grid`): tokens `prefix:` are the `h x w`
-    grid in row-major order; prefix tokens (class token) get no bias. A call whose token count does not match the grid
-    (the class token alone, in windowed blocks) runs without bias.
+
+def rel_pos_index(h: int, w: int, prefix: int) -> torch.Tensor:
+    """`[N, N]` rows of a BEiT relative position bias table (N = prefix + h * w, the grid in row-major order after the
+    prefix tokens): grid pairs index `(dy + h - 1) * (2w - 1) + dx + w - 1`; the last three rows are prefix -> grid,
+    grid -> prefix and prefix -> prefix (BEiT's class-token entries)."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    pairs = (2 * h - 1) * (2 * w - 1)
+    index = torch.empty(prefix + h * w, prefix + h * w, dtype=torch.long)
+    index[prefix:, prefix:] = (ys[:, None] - ys[None] + h - 1) * (2 * w - 1) + xs[:, None] - xs[None] + w - 1
+    index[:prefix, :] = pairs
+    index[:, :prefix] = pairs + 1
+    index[:prefix, :prefix] = pairs + 2
+    return index
+
+
+class RelPosAttention(nn.Module):
+    """A timm `Attention` (its own qkv, norms and projection, under the same names) plus a relative position bias on
+    its logits, zero at the start so that loaded weights compute the same features until fine-tuning moves it:
+
+    * `mode='decomposed'` (ViTDet, Li et al. 2022, Sec. 4.1; detectron2 `add_decomposed_rel_pos`, after MViTv2): query
+      (y, x) and key (y', x') gain `q . R_h[y - y'] + q . R_w[x - x']`, one `[2S - 1, head_dim]` table per axis;
+      prefix tokens get none.
+    * `mode='table'` (BEiT, Bao et al. 2021; the MAE paper's ADE20K runs, mmseg's `MAEAttention`): a learned scalar per
+      head for every 2-D offset, `relative_position_bias_table` `[(2h - 1)(2w - 1) + 3, heads]`, the last three rows for
+      the class token's pairs.
+
+    Tables are made for the grid `size`; another grid resamples them (linearly per axis; bicubically over the
+    offset grid). The token grid `(prefix, h, w)` of the next calls is set by the owner (`grid`): tokens
+    `prefix:` are the `h x w` grid in row-major order. A call whose token count does not match the grid (the class
+    token alone, in windowed blocks) runs without bias.
     """
 
-    def __init__(self, attn: nn.Module, size: tuple[int, int]) -> None:
+    def __init__(self, attn: nn.Module, size: tuple[int, int], mode: str = "decomposed") -> None:
         super().__init__()
+        if mode not in REL_POS:
+            raise ValueError(f"rel_pos must be one of {', '.join(REL_POS)} or null, got {mode!r}")
         if getattr(attn, "gate", None) is not None:
             raise ValueError("RelPosAttention: gated timm attention is not supported")
+        self.mode, self.size = mode, (int(size[0]), int(size[1]))
         self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
         self.attn_dim = attn.num_heads * attn.head_dim
         for name in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"):
             setattr(self, name, getattr(attn, name))
-        self.rel_pos_h = nn.Parameter(torch.zeros(2 * size[0] - 1, self.head_dim))
-        self.rel_pos_w = nn.Parameter(torch.zeros(2 * size[1] - 1, self.head_dim))
-        self.grid: tuple[int, int, int] = (0, *size)
+        h, w = self.size
+        if mode == "decomposed":
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * h - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * w - 1, self.head_dim))
+        else:
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1) + 3, attn.num_heads))
+        self.grid: tuple[int, int, int] = (0, h, w)
 
-    def _bias(self, q: torch.Tensor) -> torch.Tensor | None:
-        """`[B, heads, N, N]` additive logits for queries `q` `[B, heads, N, head_dim]` (unscaled, as ViTDet)."""
-        prefix, h, w = self.grid
-        B, heads, N, C = q.shape
-        if N != prefix + h * w:
-            return None
+    def _decomposed(self, q: torch.Tensor, prefix: int, h: int, w: int) -> torch.Tensor:
+        """`[B, heads, N, N]` from queries `q` `[B, heads, N, head_dim]` (unscaled, as ViTDet)."""
+        B, heads, _, C = q.shape
         rq = q[:, :, prefix:].reshape(B, heads, h, w, C)
         rel_h = torch.einsum("bnyxc,ykc->bnyxk", rq, rel_pos_table(self.rel_pos_h, h, h).to(q.dtype))  # [.., h, w, h]
         rel_w = torch.einsum("bnyxc,xkc->bnyxk", rq, rel_pos_table(self.rel_pos_w, w, w).to(q.dtype))  # [.., h, w, w]
         grid = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, h * w, h * w)
         return F.pad(grid, (prefix, 0, prefix, 0)) if prefix else grid
+
+    def _table(self, q: torch.Tensor, prefix: int, h: int, w: int) -> torch.Tensor:
+        """`[1, heads, N, N]`, the same for every image."""
+        table = self.relative_position_bias_table  # [(2H - 1)(2W - 1) + 3, heads]
+        H, W = self.size
+        if (h, w) != (H, W):
+            pairs = table[:-3].t().reshape(1, -1, 2 * H - 1, 2 * W - 1)
+            pairs = F.interpolate(pairs, size=(2 * h - 1, 2 * w - 1), mode="bicubic", align_corners=False)
+            table = torch.cat([pairs.reshape(self.num_heads, -1).t(), table[-3:]])
+        index = rel_pos_index(h, w, prefix).to(table.device)
+        return table[index].permute(2, 0, 1)[None].to(q.dtype)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
@@ -171,7 +208,10 @@ class RelPosAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        bias = self._bias(q)
+        prefix, h, w = self.grid
+        bias = None
+        if N == prefix + h * w:
+            bias = self._decomposed(q, prefix, h, w) if self.mode == "decomposed" else self._table(q, prefix, h, w)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
         )
@@ -199,9 +239,9 @@ class HarnessViT(BaseModule):
     ones when there are fewer levels), channels `D`.
     Strides are patch_size / scale_factor. `window_size > 0` makes every block not in `global_blocks` attend within
     non-overlapping windows of that many patches (ViTDet), the class token on its own (stochastic depth is then drawn
-    per window rather than per image). `rel_pos=True` gives every block ViTDet's decomposed relative position bias
-    (`RelPosAttention`, zero-initialised: the loaded weights compute the same features until fine-tuning moves it),
-    sized for the window in windowed blocks and for the `img_size` grid in global ones, resampled for other grids.
+    per window rather than per image). `rel_pos` gives every block a relative position bias (`RelPosAttention`,
+    zero-initialised): `'decomposed'` (ViTDet) or `'table'` (BEiT, the MAE paper's ADE20K runs), sized for the window
+    in windowed blocks and for the `img_size` grid in global ones.
     """
 
     def __init__(
@@ -215,7 +255,7 @@ class HarnessViT(BaseModule):
         drop_path_rate: float = 0.1,
         window_size: int = 0,
         global_blocks: Sequence[int] | None = (),
-        rel_pos: bool = False,
+        rel_pos: str | None = None,
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
@@ -237,9 +277,10 @@ class HarnessViT(BaseModule):
         self.strides = [int(p) if p.is_integer() else p for p in (spec.patch_size / s for s in self.scale_factors)]
         removed = self._remove_unused(depth)
         report = dict(getattr(self.vit, "load_report", {"initialised_fresh": [], "skipped": []}))
-        self.rel_pos = bool(rel_pos)
-        if self.rel_pos:
-            report["initialised_fresh"] = [*report.get("initialised_fresh", []), *self._add_rel_pos(backbone)]
+        self.rel_pos = rel_pos or None
+        added = self._add_rel_pos(backbone) if self.rel_pos else []
+        self._rel_pos_added = bool(added)
+        report["initialised_fresh"] = [*report.get("initialised_fresh", []), *added]
         self.load_report = {
             "backbone": backbone,
             "checkpoint": self.vit.checkpoint_path,
@@ -280,18 +321,23 @@ class HarnessViT(BaseModule):
         return removed
 
     def _add_rel_pos(self, backbone: str) -> list[str]:
-        """Swaps every kept block's attention for a `RelPosAttention`; returns the new parameters' names."""
+        """Swaps every kept block's attention for a `RelPosAttention`; returns the new parameters' names. A backbone
+        with a relative position bias of its own (BEiT) keeps it."""
+        if self.rel_pos not in REL_POS:
+            raise ValueError(f"rel_pos must be one of {', '.join(REL_POS)} or null, got {self.rel_pos!r}")
+        if any("relative_position" in name for name, _ in self.vit.named_parameters()):
+            return []
         if not getattr(self.vit, "dynamic_img_size", False) or not hasattr(self.vit.blocks[0], "attn"):
             raise ValueError(
-                f"rel_pos=True needs a timm VisionTransformer; {backbone!r} is {type(self.vit).__name__}"
+                f"rel_pos needs a timm VisionTransformer; {backbone!r} is {type(self.vit).__name__}"
                 " (BEiT brings its own relative position bias)"
             )
         grid = tuple(int(g) for g in self.vit.patch_embed.grid_size)
         names = []
         for i, blk in enumerate(self.vit.blocks):
             size = grid if not self.window_size or i in self.global_blocks else (self.window_size,) * 2
-            blk.attn = RelPosAttention(blk.attn, size)
-            names += [f"blocks.{i}.attn.rel_pos_h", f"blocks.{i}.attn.rel_pos_w"]
+            blk.attn = RelPosAttention(blk.attn, size, self.rel_pos)
+            names += [f"blocks.{i}.attn.{n}" for n, _ in blk.attn.named_parameters() if "rel" in n]
         return names
 
     def _set_rel_pos_grids(self, x: torch.Tensor) -> None:
@@ -317,7 +363,7 @@ class HarnessViT(BaseModule):
     def _block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Maps [B, D, h, w] of the blocks in `self.taps` (in tap order)."""
         wanted = sorted(set(self.taps))
-        if self.rel_pos:
+        if self._rel_pos_added:
             self._set_rel_pos_grids(x)
         if self.window_size:
             maps = self._forward_windowed(x, wanted)

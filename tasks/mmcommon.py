@@ -83,7 +83,7 @@ def backbone_cfg(
     global_blocks: tuple[int, ...] | list[int] = (),
     taps: list[int] | None = None,
     scale_factors: tuple[float, ...] | list[float] | None = None,
-    rel_pos: bool = False,
+    rel_pos: str | None = None,
 ) -> dict[str, Any]:
     """The `HarnessViT` config of the run's backbone, with the run's checkpoint and trust setting."""
     cfg = dict(
@@ -96,7 +96,7 @@ def backbone_cfg(
         drop_path_rate=float(drop_path_rate),
         window_size=int(window_size),
         global_blocks=tuple(global_blocks),
-        rel_pos=bool(rel_pos),
+        rel_pos=rel_pos or None,
         allow_pickle=bool(ctx.allow_pickle),
     )
     if scale_factors is not None:

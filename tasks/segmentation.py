@@ -151,7 +151,8 @@ def _model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> di
     if t["mode"] == "slide":
         test_cfg = dict(mode="slide", crop_size=tuple(t["crop"]), stride=tuple(t["stride"]))
     backbone = mmcommon.backbone_cfg(
-        ctx, crop, m["pyramid"], m["drop_path_rate"], m["window_size"], m["global_blocks"], m["taps"], scale_factors
+        ctx, crop, m["pyramid"], m["drop_path_rate"], m["window_size"], m["global_blocks"], m["taps"], scale_factors,
+        rel_pos=m.get("rel_pos"),
     )
     return dict(
         type="EncoderDecoder",

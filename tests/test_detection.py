@@ -85,7 +85,7 @@ def test_config_builds_a_consistent_mask_rcnn(tmp_path: Path, small_set: Path, p
     model = _build_model(cfg)
     backbone = model.backbone
     assert backbone.pyramid == pyramid
-    assert backbone.rel_pos and all(isinstance(b.attn, mm.RelPosAttention) for b in backbone.vit.blocks)  # ViTDet
+    assert all(isinstance(b.attn, mm.RelPosAttention) and b.attn.mode == "decomposed" for b in backbone.vit.blocks)
     strides = mm.pyramid_strides("test_vit")  # patch 8: 2, 4, 8, 16
     assert backbone.out_channels == mm.pyramid_channels("test_vit", pyramid)
     assert [m.in_channels for m in model.neck.lateral_convs] == backbone.out_channels

@@ -130,59 +130,90 @@ def test_window_attention() -> None:
         assert not torch.allclose(a[..., 4:, 4:], b[..., 4:, 4:], atol=1e-4)
 
 
-def test_rel_pos_starts_as_the_plain_model_then_biases_by_offset() -> None:
-    """ViTDet's decomposed relative position bias: zero tables leave the loaded model's features as they were; trained
-    tables add q . R_h[dy] + q . R_w[dx] to the logits of grid tokens and nothing to the class token's."""
+def _bias_by_hand(attn: torch.nn.Module, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The attention's output with its relative position bias written out token by token (class token first)."""
+    from timm.models.beit import gen_relative_position_index
+
+    n, heads, head_dim = 1 + h * w, attn.num_heads, attn.head_dim
+    q, k, v = attn.qkv(tokens).reshape(len(tokens), n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = torch.zeros(len(tokens), heads, n, n)
+    if attn.mode == "decomposed":  # q . R_h[dy] + q . R_w[dx] between grid tokens, nothing for the class token
+        th, tw = mm.rel_pos_table(attn.rel_pos_h, h, h), mm.rel_pos_table(attn.rel_pos_w, w, w)
+        for i in range(h * w):
+            for j in range(h * w):
+                bias[:, :, 1 + i, 1 + j] = q[:, :, 1 + i] @ (th[i // w, j // w] + tw[i % w, j % w])
+    else:  # one scalar per head and offset, class-token pairs included, indexed as timm's BEiT does
+        assert (h, w) == attn.size
+        index = gen_relative_position_index((h, w))
+        for i in range(n):
+            for j in range(n):
+                bias[:, :, i, j] = attn.relative_position_bias_table[index[i, j]]
+    logits = q @ k.transpose(-2, -1) * attn.scale + bias
+    return attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(len(tokens), n, heads * head_dim))
+
+
+@pytest.mark.parametrize("mode, names", [("decomposed", ("rel_pos_h", "rel_pos_w")),
+                                         ("table", ("relative_position_bias_table",))])  # fmt: skip
+def test_rel_pos_starts_as_the_plain_model_then_biases_by_offset(mode: str, names: tuple[str, ...]) -> None:
+    """Zero tables leave the loaded model's features as they were; trained ones add the bias of each mode (ViTDet's
+    decomposed one, BEiT's table) to the logits, and learn."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 48, 72)  # a 6 x 9 grid, not the 8 x 8 of img_size 64
     plain = mm.HarnessViT("test_vit", img_size=64, drop_path_rate=0.0, window_size=4, global_blocks=(1, 3)).eval()
     rel = mm.HarnessViT("test_vit", img_size=64, drop_path_rate=0.0, window_size=4, global_blocks=(1, 3),
-                        rel_pos=True).eval()  # fmt: skip
+                        rel_pos=mode).eval()  # fmt: skip
     result = rel.load_state_dict(plain.state_dict(), strict=False)
-    tables = [f"vit.blocks.{i}.attn.rel_pos_{a}" for i in range(DEPTH) for a in "hw"]
+    tables = [f"vit.blocks.{i}.attn.{n}" for i in range(DEPTH) for n in names]
     assert sorted(result.missing_keys) == sorted(tables) and not result.unexpected_keys
     assert rel.load_report["initialised_fresh"] == [t[len("vit.") :] for t in tables]
-    head_dim = DIM // 2
-    assert tuple(rel.vit.blocks[0].attn.rel_pos_h.shape) == (2 * 4 - 1, head_dim)  # windowed: the window
-    assert tuple(rel.vit.blocks[1].attn.rel_pos_w.shape) == (2 * 8 - 1, head_dim)  # global: the img_size grid
+    windowed, full = rel.vit.blocks[0].attn, rel.vit.blocks[1].attn
+    assert windowed.size == (4, 4) and full.size == (8, 8)  # the window; the img_size grid
+    assert getattr(full, names[0]).shape[0] == (2 * 8 - 1 if mode == "decomposed" else 15 * 15 + 3)
     with torch.no_grad():
         for a, b in zip(plain(x), rel(x), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         for name, p in rel.named_parameters():
-            if ".rel_pos_" in name:
+            if name.rsplit(".", 1)[-1] in names:
                 p.normal_(std=0.5)
         assert not torch.allclose(plain(x)[2], rel(x)[2], atol=1e-3)
-        # one global attention call against the bias written out token by token
-        attn, (h, w) = rel.vit.blocks[1].attn, (6, 9)
-        attn.grid = (1, h, w)
-        tokens = torch.randn(2, 1 + h * w, DIM)
-        q, k, v = attn.qkv(tokens).reshape(2, 1 + h * w, 3, 2, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        th, tw = mm.rel_pos_table(attn.rel_pos_h, h, h), mm.rel_pos_table(attn.rel_pos_w, w, w)
-        bias = torch.zeros(2, 2, 1 + h * w, 1 + h * w)
-        for i in range(h * w):
-            for j in range(h * w):
-                bias[:, :, 1 + i, 1 + j] = q[:, :, 1 + i] @ (th[i // w, j // w] + tw[i % w, j % w])
-        logits = q @ k.transpose(-2, -1) * attn.scale + bias
-        expected = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(2, 1 + h * w, DIM))
-        torch.testing.assert_close(attn(tokens), expected, rtol=1e-4, atol=1e-5)
-        assert attn(tokens[:, :1]).shape == (2, 1, DIM)  # the class token alone (windowed blocks): no grid, no bias
+        grids = ((full, (8, 8)), (windowed, (4, 4))) + (((full, (6, 9)),) if mode == "decomposed" else ())
+        for attn, (h, w) in grids:  # its own grid; decomposed tables also resampled to another
+            attn.grid = (1, h, w)
+            tokens = torch.randn(2, 1 + h * w, DIM)
+            torch.testing.assert_close(attn(tokens), _bias_by_hand(attn, tokens, h, w), rtol=1e-4, atol=1e-5)
+        assert full(tokens[:, :1]).shape == (2, 1, DIM)  # the class token alone (windowed blocks): no grid, no bias
+        if mode == "table":  # resampled to another grid: a table constant per head stays so, class entries kept
+            full.relative_position_bias_table.copy_(torch.tensor([[1.0, -2.0]]).repeat(15 * 15 + 3, 1))
+            full.relative_position_bias_table[-3:] = torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]])
+            bias = full._table(torch.zeros(1, 2, 1 + 6 * 9, DIM // 2), 1, 6, 9)  # [1, heads, N, N]
+            torch.testing.assert_close(bias[0, :, 1:, 1:], torch.tensor([1.0, -2.0])[:, None, None].expand(2, 54, 54))
+            assert bias[0, :, 0, 1:].unique().tolist() == [5.0, 6.0] and bias[0, 1, 1:, 0].unique().tolist() == [8.0]
+            assert bias[0, :, 0, 0].tolist() == [9.0, 10.0]
     rel.train()
     rel(x)[2].square().mean().backward()
-    assert all(rel.vit.blocks[i].attn.rel_pos_h.grad.abs().sum() > 0 for i in range(3))  # block 3 feeds no level 2
+    assert all(getattr(rel.vit.blocks[i].attn, names[0]).grad.abs().sum() > 0 for i in range(3))  # 3 feeds level 3
 
 
 def test_rel_pos_table_offsets_and_resampling() -> None:
+    from timm.models.beit import gen_relative_position_index
+
     table = torch.arange(7.0)[:, None]  # offsets -3..3 of a 4-token axis
     got = mm.rel_pos_table(table, 4, 4)[..., 0]
     assert torch.equal(got, torch.arange(4.0)[:, None] - torch.arange(4.0)[None, :] + 3)  # row i, col j: i - j + 3
     bigger = mm.rel_pos_table(table, 6, 6)[..., 0]  # resampled to 11 rows for a 6-token axis
     assert bigger.shape == (6, 6) and torch.equal(bigger.diagonal(), torch.full((6,), 3.0))  # offset 0: the middle
     assert bool((bigger[:, :-1] > bigger[:, 1:]).all())  # still ordered by offset
+    for h, w in ((3, 3), (2, 5), (4, 3)):  # BEiT's table rows, class-token entries included
+        assert torch.equal(mm.rel_pos_index(h, w, prefix=1), gen_relative_position_index((h, w)))
 
 
-def test_rel_pos_needs_a_timm_vit() -> None:
-    with pytest.raises(ValueError, match="rel_pos=True needs a timm VisionTransformer"):
-        mm.HarnessViT("test_beit", img_size=(32, 32), rel_pos=True)
+def test_rel_pos_values_and_beit() -> None:
+    with pytest.raises(ValueError, match="rel_pos must be one of decomposed, table"):
+        mm.HarnessViT("test_vit", rel_pos="swin")
+    beit = mm.HarnessViT("test_beit", img_size=(32, 32), rel_pos="table")  # keeps its own relative position bias
+    assert not any(isinstance(m, mm.RelPosAttention) for m in beit.modules())
+    assert not any("rel" in n for n in beit.load_report["initialised_fresh"])
+    assert beit(torch.randn(1, 3, 32, 32))[2].shape == (1, DIM, 4, 4)
 
 
 def test_window_partition_roundtrip() -> None:
@@ -359,7 +390,7 @@ def test_layer_decay_constructor() -> None:
 def test_layer_decay_places_rel_pos_tables_in_their_block() -> None:
     from mmengine.optim import build_optim_wrapper
 
-    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit", rel_pos=True)))
+    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit", rel_pos="decomposed")))
     cfg = dict(
         type="OptimWrapper",
         optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.1),
@@ -373,6 +404,10 @@ def test_layer_decay_places_rel_pos_tables_in_their_block() -> None:
         name = f"backbone.vit.blocks.{i}.attn.rel_pos_h"
         assert lr[name] == pytest.approx(1e-3 * 0.5 ** (DEPTH - i)), name
         assert wd[name] == 0.1  # decayed, as ViTDet does (only pos_embed is exempt there)
+    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit", rel_pos="table")))
+    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert wd["backbone.vit.blocks.0.attn.relative_position_bias_table"] == 0.0  # as BEiT / MAE's lr_decay
 
 
 def test_layer_decay_needs_the_adapter() -> None:

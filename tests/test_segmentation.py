@@ -57,6 +57,7 @@ def test_paper_recipe_is_the_mae_beit_setup(tmp_path: Path) -> None:
     model = cfg["model"]
     assert model["backbone"]["type"] == "HarnessViT" and model["backbone"]["pyramid"] == "taps"
     assert model["backbone"]["img_size"] == (512, 512)
+    assert model["backbone"]["rel_pos"] == "table"  # BEiT's relative position bias, as mmseg's MAE config
     assert model["decode_head"]["type"] == "UPerHead" and model["decode_head"]["in_channels"] == [768] * 4
     assert model["decode_head"]["num_classes"] == 150 and model["decode_head"]["channels"] == 768
     assert model["auxiliary_head"]["type"] == "FCNHead" and model["auxiliary_head"]["in_index"] == 2
