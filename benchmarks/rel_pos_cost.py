@@ -1,9 +1,10 @@
-"""What ViTDet's decomposed relative position bias (`HarnessViT(rel_pos=True)`) costs in the detection backbone:
-time of forward + backward through `HarnessViT` with and without it, the same weights and inputs, measured in the same
-run (and peak memory on CUDA).
+"""What the relative position biases (`HarnessViT(rel_pos=...)`) cost the backbone: time of forward + backward
+through `HarnessViT` without a bias, with ViTDet's decomposed one (COCO) and with BEiT's tables (ADE20K), the same
+weights and inputs, measured in the same run (and peak memory on CUDA).
 
-The bias is a `[B, heads, N, N]` tensor per block (N tokens of a window or of the whole image in global blocks), built
-from two einsums over the queries; without it, attention runs without a mask.
+The decomposed bias is a `[B, heads, N, N]` tensor per block (N tokens of a window, or of the whole image in global
+blocks) built from two einsums over the queries; the table bias is `[1, heads, N, N]`, gathered from the table.
+Without either, attention runs without a mask.
 
     python benchmarks/rel_pos_cost.py                  # tiny ViT on the embedded COCO canvas sizes, ViT-B/16 at 512
     python benchmarks/rel_pos_cost.py --configs vitb1024 --devices cuda --steps 10
@@ -39,7 +40,7 @@ CONFIGS = {
 }
 
 
-def measure(config: str, rel_pos: bool, device: str, steps: int, warmup: int) -> tuple[float, float | None]:
+def measure(config: str, rel_pos: str | None, device: str, steps: int, warmup: int) -> tuple[float, float | None]:
     """(seconds per forward + backward, peak CUDA memory in GiB or None on CPU)."""
     backbone, img, shape, window, global_blocks = CONFIGS[config]
     torch.manual_seed(0)
@@ -84,14 +85,16 @@ def main() -> None:
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; forward + backward of HarnessViT")
-    print(f"{'config':<10} {'device':<6} {'no rel_pos s':>12} {'rel_pos s':>10} {'time ratio':>10} {'peak GiB':>13}")
+    modes = (None, "decomposed", "table")
+    header = f"{'config':<10} {'device':<6} {'no bias s':>9} {'decomposed':>16} {'table':>16}"
+    print(f"{header}  peak GiB (none / decomposed / table)")
     for device in args.devices.split(","):
         for config in args.configs.split(","):
-            base, base_mem = measure(config, False, device, args.steps, args.warmup)
-            rel, rel_mem = measure(config, True, device, args.steps, args.warmup)
-            memory = f"{base_mem:.2f} -> {rel_mem:.2f}" if base_mem is not None else "-"
-            print(f"{config:<10} {device:<6} {base:>12.3f} {rel:>10.3f} {rel / base:>9.2f}x {memory:>13}", flush=True)
-
+            (base, base_mem), *others = (measure(config, m, device, args.steps, args.warmup) for m in modes)
+            cells = " ".join(f"{t:>7.3f} ({t / base:.2f}x)" for t, _ in others)
+            peaks = (base_mem, *(m for _, m in others))
+            memory = " / ".join(f"{m:.2f}" for m in peaks) if base_mem is not None else "-"
+            print(f"{config:<10} {device:<6} {base:>9.3f} {cells}  {memory}", flush=True)
 
 if __name__ == "__main__":
     main()
