@@ -35,6 +35,7 @@ from backbones.registry import get_spec
 
 SCALE_FACTORS = (4.0, 2.0, 1.0, 0.5)
 PYRAMIDS = ("simple", "taps")
+REL_POS = ("decomposed", "table")  # relative position bias modes of `RelPosAttention`
 _KNOWN_SCALES = (4.0, 2.0, 1.0, 0.5)
 # Modules of a classifier that a dense backbone never uses: removed so that DDP sees no parameter without a gradient.
 _UNUSED_TOP_MODULES = ("norm", "fc_norm", "head")
@@ -127,13 +128,11 @@ def rel_pos_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor
     return table[(q - k + (k_size - 1) * max(q_size / k_size, 1.0)).long()]
 
 
-REL_POS = ("decomposed", "table")
-
-
-def rel_pos_index(h: int, w: int, prefix: int) -> torch.Tensor:
+@lru_cache(maxsize=32)
+def rel_pos_index(h: int, w: int, prefix: int, device: torch.device | None = None) -> torch.Tensor:
     """`[N, N]` rows of a BEiT relative position bias table (N = prefix + h * w, the grid in row-major order after the
     prefix tokens): grid pairs index `(dy + h - 1) * (2w - 1) + dx + w - 1`; the last three rows are prefix -> grid,
-    grid -> prefix and prefix -> prefix (BEiT's class-token entries)."""
+    grid -> prefix and prefix -> prefix (BEiT's class-token entries). Cached: every block and step asks for it."""
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     pairs = (2 * h - 1) * (2 * w - 1)
@@ -142,7 +141,7 @@ def rel_pos_index(h: int, w: int, prefix: int) -> torch.Tensor:
     index[:prefix, :] = pairs
     index[:, :prefix] = pairs + 1
     index[:prefix, :prefix] = pairs + 2
-    return index
+    return index.to(device)
 
 
 class RelPosAttention(nn.Module):
@@ -198,7 +197,7 @@ class RelPosAttention(nn.Module):
             pairs = table[:-3].t().reshape(1, -1, 2 * H - 1, 2 * W - 1)
             pairs = F.interpolate(pairs, size=(2 * h - 1, 2 * w - 1), mode="bicubic", align_corners=False)
             table = torch.cat([pairs.reshape(self.num_heads, -1).t(), table[-3:]])
-        index = rel_pos_index(h, w, prefix).to(table.device)
+        index = rel_pos_index(h, w, prefix, table.device)
         return table[index].permute(2, 0, 1)[None].to(q.dtype)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
