@@ -281,6 +281,15 @@ def check_embedded_data() -> None:
         raise PlanError(str(e)) from None
 
 
+def check_log_backend(choice: str | None) -> None:
+    """`--log-backend` needs its package where the workers run (this interpreter): say what to install, now."""
+    from harness.worker import log_backend_missing
+
+    missing = log_backend_missing(choice) if choice else None
+    if missing:
+        raise PlanError(f"--log-backend {choice}: {missing}; or leave out --log-backend (no remote logging)")
+
+
 def resolve_weights(name: str, spec: Any, given: str | None) -> str | None:
     """The local checkpoint of a backbone, without downloading: a given file, the spec's file or the cached URL."""
     from backbones.checkpoint import cached_path
@@ -420,7 +429,8 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    """Resolves flags and preset into runs, and checks data, weights and recipes before anything runs."""
+    """Resolves flags and preset into runs, and checks data, weights, recipes and logging before anything runs."""
+    check_log_backend(args.log_backend)
     inp = read_inputs(args)
     out = Path(args.out)
     records = store.latest(store.read_records(out / "records"))

@@ -5,6 +5,9 @@ submitit job; its stdout and stderr go to `OUT/logs/<run_id>.log`. The worker ca
 `tasks.TaskContext`) or a pretraining (`harness.pretrain.pretrain`), then writes the run's result record: finished
 with the metrics, or failed with the error when the task raised. Under several processes only rank 0 writes. A worker
 that dies without a record (a signal, the OOM killer) is recorded as failed by the runner, which sees the exit status.
+
+Optional logging (`harness run --log-backend`, off by default) uses the backends mmengine has: `vis_backends()` for the
+tasks that build an mmengine Runner, `ScalarLog` for the loops of their own (classification, pretraining).
 """
 
 from __future__ import annotations
@@ -78,7 +81,28 @@ def pick_device(requested: str, launcher: str) -> str:
 
 
 LOG_BACKEND_ENV = "HARNESS_LOG_BACKEND"  # set by `harness run --log-backend`
-_VIS_BACKENDS = {"tensorboard": "TensorboardVisBackend", "wandb": "WandbVisBackend"}
+# choice -> (mmengine vis backend, the module it needs, how to get it)
+LOG_BACKENDS = {
+    "tensorboard": ("TensorboardVisBackend", "tensorboard", "pip install tensorboard"),
+    "wandb": ("WandbVisBackend", "wandb", "pip install wandb (W&B logs without an account or network with "
+              "WANDB_MODE=offline; `wandb sync` uploads later)"),
+}
+
+
+def log_backend() -> str | None:
+    """The backend chosen for this run (`HARNESS_LOG_BACKEND`), or None: no remote logging, the default."""
+    choice = os.environ.get(LOG_BACKEND_ENV, "").strip().lower()
+    if not choice:
+        return None
+    if choice not in LOG_BACKENDS:
+        raise ValueError(f"{LOG_BACKEND_ENV}={choice!r}: known backends are {', '.join(LOG_BACKENDS)}")
+    return choice
+
+
+def log_backend_missing(choice: str) -> str | None:
+    """What to install for `choice` to work here, or None when its package is importable. Imports nothing."""
+    _, module, install = LOG_BACKENDS[choice]
+    return None if importlib.util.find_spec(module) else f"the {module} package is not installed: {install}"
 
 
 def vis_backends() -> list[dict[str, Any]]:
@@ -86,12 +110,45 @@ def vis_backends() -> list[dict[str, Any]]:
 
     Tasks that build an mmengine Runner put this list in their config; nothing is logged remotely by default."""
     backends: list[dict[str, Any]] = [{"type": "LocalVisBackend"}]
-    choice = os.environ.get(LOG_BACKEND_ENV, "").strip().lower()
+    choice = log_backend()
     if choice:
-        if choice not in _VIS_BACKENDS:
-            raise ValueError(f"{LOG_BACKEND_ENV}={choice!r}: known backends are {', '.join(_VIS_BACKENDS)}")
-        backends.append({"type": _VIS_BACKENDS[choice]})
+        backends.append({"type": LOG_BACKENDS[choice][0]})
     return backends
+
+
+class ScalarLog:
+    """The scalars of a training loop of its own (classification, pretraining) through the backends of
+    `vis_backends()`, built by mmengine's registry as a Runner builds them and written where a Runner's are, under
+    `work_dir/vis_data/` (`scalars.json`, TensorBoard's event files, W&B's run folder). With no backend chosen it
+    holds nothing, imports nothing and writes nothing; `enabled=False` (ranks other than 0) does the same."""
+
+    def __init__(self, work_dir: str | Path, enabled: bool = True) -> None:
+        self.backends: list[Any] = []
+        choice = log_backend() if enabled else None
+        if choice is None:
+            return
+        missing = log_backend_missing(choice)
+        if missing:
+            raise ModuleNotFoundError(f"{LOG_BACKEND_ENV}={choice}: {missing}")
+        import mmengine.visualization  # noqa: F401  (registers the vis backends)
+        from mmengine.registry import VISBACKENDS
+
+        save_dir = str(Path(work_dir) / "vis_data")
+        self.backends = [VISBACKENDS.build({**cfg, "save_dir": save_dir}) for cfg in vis_backends()]
+
+    def add(self, scalars: dict[str, float], step: int) -> None:
+        for backend in self.backends:
+            backend.add_scalars(scalars, step=step)
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+
+    def __enter__(self) -> ScalarLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _run_task(job: dict[str, Any], device: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

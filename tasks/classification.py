@@ -16,7 +16,9 @@ The recipe is data (`tasks/recipes/in1k/<name>.yaml`, one section per protocol);
 are mappings `{base: .., large: .., huge: ..}`, resolved from the backbone's width and recorded.
 `lr = blr * batch / 256` with `batch` the effective batch, held on small machines by gradient accumulation. A frozen
 part whose input is not augmented can be computed once (`cache_features`): the tiny recipes train heads and last
-blocks on cached features.
+blocks on cached features. With `harness run --log-backend`, each epoch's loss and lr and the final top-1 and top-5
+also go to TensorBoard or W&B through mmengine's vis backends (`harness.worker.ScalarLog`, under the work dir; the
+step is the epoch).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from harness.worker import ScalarLog
 from tasks import TaskContext, TaskResult
 
 log = logging.getLogger(__name__)
@@ -566,24 +569,28 @@ def _run(ctx: TaskContext, recipe: dict[str, Any], protocol: str, section: str, 
 
     t_train = time.time()
     history = list(state.get("history", [])) if state else []
-    for epoch in range(start_epoch, cfg["epochs"]):
-        t0 = time.time()
-        seed_everything(ctx.seed * 1_000_003 + epoch * 1009 + dist_.rank)  # resume replays the same randomness
-        loader = batches(train, micro, dist_, ctx.seed, epoch, workers, device, train=True)
-        loss, _ = train_one_epoch(model, wrapped, loader, optimizer, scheduler, criterion, mixup, accum,
-                                  epoch * per_epoch, cfg, device, precision, cached)
-        history.append({"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in optimizer.param_groups),
-                        "seconds": time.time() - t0})
-        if dist_.main:
-            log.info("%s epoch %d/%d loss %.4f (%.1fs)", section, epoch + 1, cfg["epochs"], loss, time.time() - t0)
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "epoch": epoch + 1, "recipe": _comparable(resolved), "history": history})
-        if dist_.world > 1:
-            dist.barrier()  # the checkpoint is complete before any rank can be stopped
-    train_seconds = time.time() - t_train
+    with ScalarLog(work_dir, enabled=dist_.main) as scalars:  # harness run --log-backend; nothing without it
+        for epoch in range(start_epoch, cfg["epochs"]):
+            t0 = time.time()
+            seed_everything(ctx.seed * 1_000_003 + epoch * 1009 + dist_.rank)  # resume replays the same randomness
+            loader = batches(train, micro, dist_, ctx.seed, epoch, workers, device, train=True)
+            loss, _ = train_one_epoch(model, wrapped, loader, optimizer, scheduler, criterion, mixup, accum,
+                                      epoch * per_epoch, cfg, device, precision, cached)
+            history.append({"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in optimizer.param_groups),
+                            "seconds": time.time() - t0})
+            scalars.add({k: history[-1][k] for k in ("loss", "lr")}, step=epoch + 1)
+            if dist_.main:
+                log.info("%s epoch %d/%d loss %.4f (%.1fs)", section, epoch + 1, cfg["epochs"], loss,
+                         time.time() - t0)
+                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "epoch": epoch + 1, "recipe": _comparable(resolved), "history": history})
+            if dist_.world > 1:
+                dist.barrier()  # the checkpoint is complete before any rank can be stopped
+        train_seconds = time.time() - t_train
 
-    metrics = evaluate(model, batches(val, micro, dist_, ctx.seed, 0, workers, device, train=False), dist_, device,
-                       precision, len(classes), cached)
+        metrics = evaluate(model, batches(val, micro, dist_, ctx.seed, 0, workers, device, train=False), dist_,
+                           device, precision, len(classes), cached)
+        scalars.add(metrics, step=cfg["epochs"])
     extra = {
         "protocol": protocol, "section": section, "blocks": blocks, "load_report": report,
         "num_classes": len(classes), "num_train": len(train), "num_val": len(val), "data_root": str(data_root),

@@ -311,7 +311,7 @@ def build_config(ctx: TaskContext, recipe: dict[str, Any], root: Path, layout: C
             dict(type="MultiStepLR", by_epoch=False, begin=0, end=epochs * iters_per_epoch, milestones=milestones,
                  gamma=0.1),
         ],
-        visualizer=dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")],
+        visualizer=dict(type="DetLocalVisualizer", vis_backends=__import__("harness.worker").worker.vis_backends(),
                         name=cfg["experiment_name"]),
     )
     cfg.pop("test_cfg", None)  # no test loop: val2017 is the evaluation, as in the paper

@@ -9,6 +9,7 @@ the metrics (mmseg's `IoUMetric`: mIoU, mAcc, aAcc in percent) are mmengine's Ru
 Fashion-MNIST set (`harness.data.ade20k`) when it is None (read by mmseg's `BaseSegDataset` with ADE20KDataset's
 settings, since ADE20KDataset accepts only its own class names as `metainfo`). The layout and every image/annotation
 pair are checked before the runner is built, so a broken file is named instead of failing deep inside a data loader.
+Scalars go to mmengine's local files, and to TensorBoard or W&B with `harness run --log-backend` (`vis_backends()`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.worker import vis_backends
 from tasks import TaskContext, TaskResult, mmcommon
 from tasks.recipes import load_recipe
 
@@ -247,4 +249,6 @@ def build_config(
         **mmcommon.runtime_cfg(
             ctx, "mmseg", max_iters, int(s["val_interval"]), int(s["checkpoint_interval"]), int(s["log_interval"])
         ),
+        # as mmseg's default_runtime.py; the Runner names it after the experiment and saves under its log dir
+        visualizer=dict(type="SegLocalVisualizer", vis_backends=vis_backends()),
     )

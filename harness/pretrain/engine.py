@@ -6,6 +6,10 @@ Reproducibility across an interruption: the checkpoint (written at the end of an
 grad scaler and the global RNG states as tensors; the data order and augmentation of epoch `e` come from a generator
 seeded with `seed + e` (see `harness.pretrain.data`), so epoch `e` sees the same batches whether or not the run
 stopped before it. Checkpoints are read back with `weights_only=True`: they hold tensors and plain containers only.
+
+With `harness run --log-backend` (`HARNESS_LOG_BACKEND`), the numbers of the JSON-lines log (loss and lr at the same
+steps) and each epoch's mean loss also go to TensorBoard or W&B through mmengine's vis backends
+(`harness.worker.ScalarLog`, under `out_dir/vis_data/`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from harness.worker import ScalarLog
 
 CHECKPOINT = "checkpoint-last.pth"
 LOG = "log.jsonl"
@@ -168,38 +174,41 @@ def train(
     if steps < cfg.accum_iter:
         raise ValueError(f"an epoch has {steps} batches, fewer than optim.accum_iter={cfg.accum_iter}")
     losses = []
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        optimizer.zero_grad(set_to_none=True)  # a partial accumulation never crosses an epoch (nor a checkpoint)
-        batches = _progress(loader.batches(epoch), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        total, t0 = 0.0, time.time()
-        with open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
-            for step, batch in enumerate(batches):
-                t = epoch + step / steps
-                if step % cfg.accum_iter == 0:
-                    set_lr(optimizer, schedule(t))  # per iteration, as MAE's lr_sched
-                with autocast(device, cfg.amp):
-                    loss = loss_fn(batch, t)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {step}; stopping")
-                scaler.scale(loss / cfg.accum_iter).backward()
-                if (step + 1) % cfg.accum_iter == 0:
-                    _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
-                total += value
-                lr = optimizer.param_groups[0]["lr"]
-                if step % cfg.log_every == 0:
-                    record = {"epoch": epoch, "step": epoch * steps + step, "loss": value, "lr": lr}
-                    log.write(json.dumps(record) + "\n")
-                if hasattr(batches, "set_postfix"):
-                    batches.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
-        losses.append(total / steps)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, settings)
-        if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f} ({time.time() - t0:.1f} s)", flush=True)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
+    with ScalarLog(out_dir) as scalars:  # harness run --log-backend: the log's numbers, also to TensorBoard / W&B
+        for epoch in range(start, cfg.epochs):
+            model.train()
+            optimizer.zero_grad(set_to_none=True)  # a partial accumulation never crosses an epoch (nor a checkpoint)
+            batches = _progress(loader.batches(epoch), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            total, t0 = 0.0, time.time()
+            with open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
+                for step, batch in enumerate(batches):
+                    t = epoch + step / steps
+                    if step % cfg.accum_iter == 0:
+                        set_lr(optimizer, schedule(t))  # per iteration, as MAE's lr_sched
+                    with autocast(device, cfg.amp):
+                        loss = loss_fn(batch, t)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {step}; stopping")
+                    scaler.scale(loss / cfg.accum_iter).backward()
+                    if (step + 1) % cfg.accum_iter == 0:
+                        _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
+                    total += value
+                    lr = optimizer.param_groups[0]["lr"]
+                    if step % cfg.log_every == 0:
+                        record = {"epoch": epoch, "step": epoch * steps + step, "loss": value, "lr": lr}
+                        log.write(json.dumps(record) + "\n")
+                        scalars.add({"loss": value, "lr": lr}, step=record["step"])
+                    if hasattr(batches, "set_postfix"):
+                        batches.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+            losses.append(total / steps)
+            scalars.add({"epoch_loss": losses[-1]}, step=(epoch + 1) * steps - 1)  # at the epoch's last step
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, settings)
+            if progress:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f} ({time.time() - t0:.1f} s)", flush=True)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
     return losses
 
 
