@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.worker import vis_backends
 from tasks import TaskContext, TaskResult, mmcommon
 from tasks.recipes import load_recipe
 
@@ -311,7 +312,7 @@ def build_config(ctx: TaskContext, recipe: dict[str, Any], root: Path, layout: C
             dict(type="MultiStepLR", by_epoch=False, begin=0, end=epochs * iters_per_epoch, milestones=milestones,
                  gamma=0.1),
         ],
-        visualizer=dict(type="DetLocalVisualizer", vis_backends=__import__("harness.worker").worker.vis_backends(),
+        visualizer=dict(type="DetLocalVisualizer", vis_backends=vis_backends(),
                         name=cfg["experiment_name"]),
     )
     cfg.pop("test_cfg", None)  # no test loop: val2017 is the evaluation, as in the paper
