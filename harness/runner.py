@@ -281,13 +281,20 @@ def check_embedded_data() -> None:
         raise PlanError(str(e)) from None
 
 
-def check_log_backend(choice: str | None) -> None:
-    """`--log-backend` needs its package where the workers run (this interpreter): say what to install, now."""
-    from harness.worker import log_backend_missing
+def check_log_backend(flag: str | None) -> None:
+    """The backend the workers will log to, `--log-backend` or else a `HARNESS_LOG_BACKEND` they inherit, needs its
+    package where they run (this interpreter): say what to install, now."""
+    from harness.worker import LOG_BACKEND_ENV, log_backend, log_backend_missing
 
+    try:
+        choice = flag or log_backend()
+    except ValueError as e:  # an unknown name in the inherited variable
+        raise PlanError(str(e)) from None
     missing = log_backend_missing(choice) if choice else None
-    if missing:
+    if missing and flag:
         raise PlanError(f"--log-backend {choice}: {missing}; or leave out --log-backend (no remote logging)")
+    if missing:
+        raise PlanError(f"{LOG_BACKEND_ENV}={choice} (from the environment): {missing}; or unset {LOG_BACKEND_ENV}")
 
 
 def resolve_weights(name: str, spec: Any, given: str | None) -> str | None:

@@ -53,6 +53,21 @@ def test_missing_package_stops_before_any_work(tmp_path: Path, monkeypatch: pyte
     assert not out.exists()
 
 
+def test_inherited_variable_is_checked_like_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """HARNESS_LOG_BACKEND set by hand reaches the workers too: a missing package or an unknown name stops the suite."""
+    preset, out = write_suite(tmp_path), tmp_path / "out"
+    monkeypatch.setenv(LOG_BACKEND_ENV, "wandb")
+    _without(monkeypatch, "wandb")
+    assert harness(monkeypatch, *base_args(preset, out)) == DID_NOT_START
+    err = capsys.readouterr().err
+    assert f"{LOG_BACKEND_ENV}=wandb (from the environment): the wandb package is not installed" in err
+    monkeypatch.setenv(LOG_BACKEND_ENV, "tensorbord")
+    assert harness(monkeypatch, *base_args(preset, out)) == DID_NOT_START
+    assert "known backends are tensorboard, wandb" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_installed_tensorboard_passes_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preset, out = write_suite(tmp_path), tmp_path / "out"
     assert harness(monkeypatch, *base_args(preset, out), "--log-backend", "tensorboard", "--dry-run") == 0
