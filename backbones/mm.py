@@ -98,6 +98,9 @@ def _rescale(dim: int, scale: float, pyramid: str) -> nn.Module:
     return nn.MaxPool2d(2, 2)
 
 
+WINDOW_POS = ("interpolate", "tile")
+
+
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """[B, H, W, D] -> [B * nH * nW, window * window, D], zero-padding H and W up to multiples of `window`."""
     B, H, W, D = x.shape
@@ -255,6 +258,7 @@ class HarnessViT(BaseModule):
         window_size: int = 0,
         global_blocks: Sequence[int] | None = (),
         rel_pos: str | None = None,
+        window_pos: str = "interpolate",
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
@@ -270,6 +274,13 @@ class HarnessViT(BaseModule):
         self.window_size, self.global_blocks = int(window_size), tuple(int(b) for b in global_blocks or ())
         if self.window_size and not getattr(self.vit, "dynamic_img_size", False):
             raise ValueError(f"window_size > 0 needs a timm VisionTransformer; {backbone!r} is {type(self.vit)}")
+        if window_pos not in WINDOW_POS:
+            raise ValueError(f"window_pos must be one of {', '.join(WINDOW_POS)}, got {window_pos!r}")
+        if window_pos == "tile" and (not self.window_size or getattr(self.vit, "pos_embed", None) is None):
+            raise ValueError(
+                f"window_pos='tile' needs window_size > 0 and an absolute position embedding ({backbone!r})"
+            )
+        self.window_pos = window_pos
         self.pyramid, self.scale_factors = pyramid, tuple(float(s) for s in scale_factors)
         self.scales = nn.ModuleList(_rescale(dim, s, pyramid) for s in self.scale_factors)
         self.out_channels = [_out_channels(dim, pyramid, s) for s in self.scale_factors]
@@ -383,7 +394,8 @@ class HarnessViT(BaseModule):
         vit, window, P = self.vit, self.window_size, self.vit.num_prefix_tokens
         x = vit.patch_embed(x)  # [B, h, w, D] (dynamic size: NHWC)
         B, h, w, _ = x.shape
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))  # [B, P + h*w, D]
+        embedded = self._tiled_pos_embed(x) if self.window_pos == "tile" else vit._pos_embed(x)
+        x = vit.norm_pre(vit.patch_drop(embedded))  # [B, P + h*w, D]
         maps = []
         for i, blk in enumerate(vit.blocks[: max(wanted) + 1]):
             if i in self.global_blocks:
@@ -395,6 +407,31 @@ class HarnessViT(BaseModule):
             if i in wanted:
                 maps.append(x[:, P:].transpose(1, 2).reshape(B, -1, h, w))  # [B, D, h, w]
         return maps
+
+    def _tiled_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, h, w, D] patches -> [B, P + h*w, D] tokens, the pretrained grid's position embedding (resampled to one
+        window) repeated in every window, as windows are cut (Bolya et al. 2023, "Window Attention is Bugged"): each
+        window sees the positions of pretraining rather than a slice of an interpolated larger grid."""
+        from timm.layers import resample_abs_pos_embed
+
+        vit, window = self.vit, self.window_size
+        B, h, w, D = x.shape
+        P = vit.num_prefix_tokens
+        embedded_prefix = 0 if vit.no_embed_class else P
+        pos = resample_abs_pos_embed(
+            vit.pos_embed, new_size=(window, window), old_size=vit.patch_embed.grid_size,
+            num_prefix_tokens=embedded_prefix,
+        )
+        grid = pos[:, embedded_prefix:].reshape(1, window, window, D)
+        grid = grid.repeat(1, -(-h // window), -(-w // window), 1)[:, :h, :w]
+        x = (x + grid).reshape(B, h * w, D)
+        prefix = [t.expand(B, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if prefix:
+            tokens = torch.cat(prefix, dim=1)
+            if embedded_prefix:
+                tokens = tokens + pos[:, :embedded_prefix]
+            x = torch.cat([tokens, x], dim=1)
+        return vit.pos_drop(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """[B, 3, H, W] -> four maps [B, C_i, H / stride_i, W / stride_i]."""

@@ -229,7 +229,7 @@ def model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> dic
     backbone = mmcommon.backbone_cfg(
         ctx, img_size=image, pyramid=m["pyramid"], drop_path_rate=recipe["optim"]["drop_path_rate"],
         window_size=m["window_size"], global_blocks=m["global_blocks"] or (), taps=m["taps"], scale_factors=scales,
-        rel_pos=m.get("rel_pos"),
+        rel_pos=m.get("rel_pos"), window_pos=m.get("window_pos") or "interpolate",
     )
     neck = dict(type="FPN", in_channels=channels, out_channels=m["neck_channels"], num_outs=len(strides) + 1,
                 norm_cfg=dict(type=LAYER_NORM_2D, requires_grad=True))  # the extra level: max-pool of the last

@@ -84,6 +84,7 @@ def backbone_cfg(
     taps: list[int] | None = None,
     scale_factors: tuple[float, ...] | list[float] | None = None,
     rel_pos: str | None = None,
+    window_pos: str = "interpolate",
 ) -> dict[str, Any]:
     """The `HarnessViT` config of the run's backbone, with the run's checkpoint and trust setting."""
     cfg = dict(
@@ -97,6 +98,7 @@ def backbone_cfg(
         window_size=int(window_size),
         global_blocks=tuple(global_blocks),
         rel_pos=rel_pos or None,
+        window_pos=window_pos,
         allow_pickle=bool(ctx.allow_pickle),
     )
     if scale_factors is not None:

@@ -97,6 +97,8 @@ def test_taps_default_to_spec_and_feed_levels() -> None:
         (dict(pyramid="fpn"), "pyramid must be one of"),
         (dict(taps=(0, 1, 9, 3)), "needs 4 block indices"),
         (dict(scale_factors=(8.0, 2.0, 1.0, 0.5)), "scale_factors"),
+        (dict(window_size=4, window_pos="tiled"), "window_pos must be one of"),
+        (dict(window_pos="tile"), "window_pos='tile' needs window_size > 0"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs: dict, message: str) -> None:
@@ -128,6 +130,28 @@ def test_window_attention() -> None:
         local.global_blocks = (1,)  # one global block mixes the windows
         a, b = local(x)[2], local(y)[2]
         assert not torch.allclose(a[..., 4:, 4:], b[..., 4:, 4:], atol=1e-4)
+
+
+def test_tiled_window_position_embedding() -> None:
+    """`window_pos='tile'`: every window gets the pretrained grid's embedding (resampled to the window), so the same
+    content in two windows gives the same tokens; 'interpolate' (ViTDet) gives each window a slice of a larger grid."""
+    torch.manual_seed(0)
+    tiled = mm.HarnessViT("test_vit", img_size=32, window_size=4, window_pos="tile", drop_path_rate=0.0).eval()
+    interpolated = copy.deepcopy(tiled)
+    interpolated.window_pos = "interpolate"
+    patch = torch.randn(1, 3, 32, 32)  # one 4x4-patch window, the pretraining grid
+    x = patch.repeat(1, 1, 2, 3)  # 2 x 3 windows of the same content
+    with torch.no_grad():
+        assert torch.allclose(tiled(patch)[2], interpolated(patch)[2], atol=1e-6)  # one window: the two agree
+        level = tiled(x)[2]  # [1, D, 8, 12]
+        for i in range(2):
+            for j in range(3):
+                assert torch.allclose(level[..., 4 * i : 4 * i + 4, 4 * j : 4 * j + 4], level[..., :4, :4], atol=1e-5)
+        level = interpolated(x)[2]
+        assert not torch.allclose(level[..., 4:, 8:], level[..., :4, :4], atol=1e-3)
+        # a grid that is not a whole number of windows: the last (cut) window starts as the others do
+        part = tiled(torch.randn(1, 3, 32, 32).repeat(1, 1, 1, 2)[..., :48])[2]  # [1, D, 4, 6]
+        assert part.shape[-2:] == (4, 6)
 
 
 def _bias_by_hand(attn: torch.nn.Module, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
