@@ -138,3 +138,25 @@ def test_encoder_state_dict_has_timm_keys() -> None:
     fresh = build_model(get_spec("test_vit"))
     assert set(mae.encoder_state_dict()) == set(fresh.state_dict())
     assert "mask_token" in mae.state_dict() and "decoder_pred.weight" in mae.state_dict()
+
+
+def test_encoder_without_position_embedding_is_blind_to_patch_order() -> None:
+    """`encoder_pos_embed='none'`: the encoder's tokens do not depend on where a patch sits (the encoder is
+    permutation-equivariant), while the decoder still places them; the exported embedding is zero."""
+    mae = tiny_mae(encoder_pos_embed="none").eval()
+    assert torch.count_nonzero(mae.encoder.pos_embed) == 0
+    assert torch.count_nonzero(mae.encoder_state_dict()["pos_embed"]) == 0
+    imgs = torch.randn(2, 3, 32, 32)
+    # the 4x4 grid of 8 px patches, rolled by one patch both ways: the same patches at other positions
+    rolled = imgs.roll(shifts=(8, 8), dims=(2, 3))
+    with torch.no_grad():
+        mae.mask_ratio = 0.0
+        a, b = mae.encoder.forward_features(imgs), mae.encoder.forward_features(rolled)
+        order = torch.arange(16).view(4, 4).roll(shifts=(-1, -1), dims=(0, 1)).flatten()  # a[k] sits at b[order[k]]
+        torch.testing.assert_close(b[:, 1:][:, order], a[:, 1:])  # patch tokens move with their patches
+        torch.testing.assert_close(b[:, 0], a[:, 0])  # the class token does not change
+        sincos = tiny_mae().eval()
+        c, d = sincos.encoder.forward_features(imgs), sincos.encoder.forward_features(rolled)
+        assert not torch.allclose(d[:, 1:][:, order], c[:, 1:], atol=1e-3)
+    with pytest.raises(ValueError, match="model.encoder_pos_embed"):
+        tiny_mae(encoder_pos_embed="learned")

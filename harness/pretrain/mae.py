@@ -81,6 +81,9 @@ def norm_pix_target(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (target - mean) / (var + eps) ** 0.5
 
 
+ENCODER_POS_EMBED = ("sincos", "none")
+
+
 class MaskedAutoencoderViT(nn.Module):
     """MAE around a timm ViT encoder. `forward(imgs)` returns `(loss, pred [N, L, p*p*3], mask [N, L])`."""
 
@@ -93,8 +96,14 @@ class MaskedAutoencoderViT(nn.Module):
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
+        encoder_pos_embed: str = "sincos",
     ) -> None:
         super().__init__()
+        if encoder_pos_embed not in ENCODER_POS_EMBED:
+            raise ValueError(
+                f"model.encoder_pos_embed must be one of {', '.join(ENCODER_POS_EMBED)}, got {encoder_pos_embed!r}"
+            )
+        self.encoder_pos_embed = encoder_pos_embed
         if getattr(encoder, "cls_token", None) is None or getattr(encoder, "no_embed_class", False):
             raise ValueError("the MAE encoder must be a timm ViT with a class token inside its position embedding")
         self.encoder = encoder
@@ -124,7 +133,10 @@ class MaskedAutoencoderViT(nn.Module):
         """MAE's initialisation: fixed sin-cos embeddings, xavier-uniform linears and patch projection, N(0, .02)
         tokens."""
         enc = self.encoder
-        enc.pos_embed.data.copy_(get_2d_sincos_pos_embed(enc.pos_embed.shape[-1], self.grid, cls_token=True)[None])
+        if self.encoder_pos_embed == "sincos":
+            enc.pos_embed.data.copy_(get_2d_sincos_pos_embed(enc.pos_embed.shape[-1], self.grid, cls_token=True)[None])
+        else:  # "none": the encoder sees its visible patches without their positions; only the decoder places them
+            enc.pos_embed.data.zero_()
         self.decoder_pos_embed.data.copy_(
             get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], self.grid, cls_token=True)[None]
         )
@@ -206,4 +218,5 @@ def build(spec: BackboneSpec, recipe: dict[str, Any]) -> MaskedAutoencoderViT:
         decoder_num_heads=cfg.get("decoder_num_heads", 16),
         mask_ratio=cfg.get("mask_ratio", 0.75),
         norm_pix_loss=cfg.get("norm_pix_loss", True),
+        encoder_pos_embed=cfg.get("encoder_pos_embed", "sincos"),
     )
