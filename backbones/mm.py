@@ -243,7 +243,9 @@ class HarnessViT(BaseModule):
     non-overlapping windows of that many patches (ViTDet), the class token on its own (stochastic depth is then drawn
     per window rather than per image). `rel_pos` gives every block a relative position bias (`RelPosAttention`,
     zero-initialised): `'decomposed'` (ViTDet) or `'table'` (BEiT, the MAE paper's ADE20K runs), sized for the window
-    in windowed blocks and for the `img_size` grid in global ones.
+    in windowed blocks and for the `img_size` grid in global ones. `window_pos` is the windowed forward's absolute
+    position embedding: `'interpolate'` (ViTDet: resampled to the image's grid) or `'tile'` (the pretrained grid,
+    resampled to one window, repeated in every window; global blocks then see the repeated positions too).
     """
 
     def __init__(
