@@ -10,6 +10,9 @@ Users add entries three ways, none of which depends on an import they can forget
 * an entry point in the group `harness.backbones` of their installed package (loaded when the registry is first read);
 * a YAML file naming an architecture, a checkpoint and its format (`load_backbone_yaml`, or the file's path given where
   a backbone name is expected).
+
+A name `timm:<model>.<tag>` needs no registration: its spec is derived from timm's pretrained config and its weights
+come through timm's own pretrained machinery (`backbones.timm_hub`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ENTRY_POINT_GROUP = "harness.backbones"
+TIMM_PREFIX = "timm:"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +38,10 @@ class BackboneSpec:
     """Everything the harness needs to know about a backbone, as data.
 
     `arch` is a timm model name and `arch_kwargs` its overrides (a tiny ViT is `vit_tiny_patch16_224` with a smaller
-    patch, image and depth). `checkpoint_format` names a filter in `backbones.formats`. `url` is the official download,
-    `sha256` its checksum when published; a local file given at load time always wins.
+    patch, image and depth). `checkpoint_format` names a filter in `backbones.formats`. `url` is the official download
+    and `sha256` its published checksum: the full hex digest, or the leading hex digits a torch.hub file name carries
+    (`check_hash`'s convention), or None when the publisher gives none. A local file given at load time always wins.
+    `timm_pretrained` entries (`timm:` names) have no url: `arch` is a timm `model.tag` loaded with `pretrained=True`.
     """
 
     name: str
@@ -45,6 +51,7 @@ class BackboneSpec:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     url: str | None = None
     sha256: str | None = None
+    timm_pretrained: bool = False
     checkpoint: str | None = None  # a local file that stands in for `url` (YAML entries, the project's own pretraining)
     img_size: int = 224
     patch_size: int = 16
@@ -56,6 +63,12 @@ class BackboneSpec:
     pretrain_epochs: int | None = None
     paper_name: str | None = None  # how the MAE paper's tables name it, when they do (e.g. "ViT-B")
     description: str = ""
+    params: int | None = None  # parameters of the features-only model (num_classes=0), so listing needs no torch
+
+    @property
+    def weights_name(self) -> str | None:
+        """The file name the weights have in the cache (the url's last path segment)."""
+        return self.url.split("?")[0].rsplit("/", 1)[-1] if self.url else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,9 +92,23 @@ def register_backbone(fn: SpecFactory) -> SpecFactory:
     return fn
 
 
-def unregister_backbone(name: str) -> None:
-    """Removes an entry (tests, and users who replace a built-in on purpose)."""
-    _FACTORIES.pop(name, None)
+def register_spec(spec: BackboneSpec, origin: str) -> None:
+    """Registers a spec given as data (the zoo's table, a YAML file), as if a factory named `spec.name` returned it.
+
+    `origin` stands for the factory's module in messages; registering the same name from the same origin again
+    replaces the entry (a YAML file read twice), from another one raises.
+    """
+
+    def factory() -> BackboneSpec:
+        return spec
+
+    factory.__name__ = factory.__qualname__ = spec.name
+    factory.__module__ = origin
+    existing = _FACTORIES.get(spec.name)
+    if existing is not None and existing.__module__ == origin:
+        _FACTORIES[spec.name] = factory
+    else:
+        register_backbone(factory)
 
 
 def _ensure_builtins() -> None:
@@ -115,6 +142,11 @@ def unknown_name_error(kind: str, name: str, known: list[str]) -> KeyError:
 
 def get_spec(name: str, **overrides: Any) -> BackboneSpec:
     """The spec of a registered name, or of a YAML file's path. `overrides` replace spec fields."""
+    if name.startswith(TIMM_PREFIX):
+        from backbones.timm_hub import timm_spec
+
+        spec = timm_spec(name)
+        return dataclasses.replace(spec, **overrides) if overrides else spec
     if name.endswith((".yaml", ".yml")):
         name = load_backbone_yaml(name)
     _ensure_builtins()
@@ -169,15 +201,5 @@ def load_backbone_yaml(path: str | Path) -> str:
     if data.get("checkpoint") and not Path(data["checkpoint"]).is_absolute():
         data["checkpoint"] = str((path.parent / data["checkpoint"]).resolve())
     spec = BackboneSpec(**data)
-
-    def factory() -> BackboneSpec:
-        return spec
-
-    factory.__name__ = factory.__qualname__ = spec.name
-    factory.__module__ = f"yaml:{path}"
-    existing = _FACTORIES.get(spec.name)
-    if existing is not None and existing.__module__ == factory.__module__:
-        _FACTORIES[spec.name] = factory  # the same file read twice
-    else:
-        register_backbone(factory)
+    register_spec(spec, origin=f"yaml:{path}")
     return spec.name

@@ -42,6 +42,7 @@ def test_every_entry_builds_and_is_consistent(name):
     with torch.device("meta"):
         model = build_model(spec)
     depth = len(model.blocks)
+    assert spec.params == sum(p.numel() for p in model.parameters()), "the zoo's params column must match the model"
     assert spec.dense_taps and all(0 <= i < depth for i in spec.dense_taps), "taps must be blocks of the model"
     assert model.patch_embed.patch_size[0] == spec.patch_size
     assert 0 < spec.layer_decay <= 1
