@@ -8,11 +8,7 @@ discards: the same contract as `assert set(msg.missing_keys) == {...}` in MAE's 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,51 +19,11 @@ from torch import nn
 
 from backbones.formats import StateDict, get_format
 from backbones.registry import BackboneSpec, get_spec
+from backbones.weights import WeightsError, cached_path, fetch
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the backbone; the message names the file."""
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("HARNESS_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "harness")
-    return Path(root).expanduser() / "weights"
-
-
-def cached_path(url: str) -> Path:
-    return cache_dir() / Path(url.split("?")[0]).name
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(url: str, sha256: str | None = None) -> Path:
-    """Downloads `url` once into the cache (atomically) and returns the local file."""
-    dest = cached_path(url)
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + f".part{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            while block := r.read(1 << 20):
-                f.write(block)
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"cannot download {url} ({e}); fetch it on a machine with internet and pass it with "
-            f"--checkpoint PATH (or checkpoint=PATH), or place it at {dest}"
-        ) from None
-    if sha256 and file_sha256(tmp) != sha256:
-        tmp.unlink()
-        raise CheckpointError(f"{url} downloaded with a wrong sha256 (expected {sha256}); try again")
-    os.replace(tmp, dest)
-    return dest
 
 
 def resolve_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None) -> Path | None:
@@ -79,11 +35,33 @@ def resolve_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None) -> Pat
         return None
     source = str(source)
     if re.match(r"^https?://", source):
-        return download(source, spec.sha256 if source == spec.url else None)
+        return _downloaded(spec, source)
     path = Path(source).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (backbone {spec.name!r})")
     return path
+
+
+def _downloaded(spec: BackboneSpec, url: str) -> Path:
+    """The cached file of `url`, downloaded once if missing; the entry's own url only when its hash can be checked."""
+    dest = cached_path(url)
+    if dest.is_file():
+        return dest
+    own = url == spec.url
+    if own and not spec.sha256:
+        raise CheckpointError(
+            f"backbone {spec.name!r}: weights not in the cache ({dest}) and its publisher gives no sha256 to check a "
+            f"download against; run `harness download {spec.name}` (with --sha256 HEX or --accept-sha256), "
+            f"or pass --checkpoint {spec.name}=PATH (checkpoint=PATH)"
+        )
+    try:
+        fetch(url, dest, spec.sha256 if own else None)
+    except WeightsError as e:
+        raise CheckpointError(
+            f"{e}; fetch it on a machine with internet and pass it with --checkpoint PATH (checkpoint=PATH), "
+            f"or place it at {dest}"
+        ) from None
+    return dest
 
 
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Mapping[str, Any]:

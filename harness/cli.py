@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("harness.pretrain.cli", "pretrain a ViT with MAE, or a supervised / MoCo v3 baseline"),
     "data": ("harness.data.cli", "write the embedded data sets (ImageNet, COCO and ADE20K layouts)"),
     "backbones": ("harness.commands.backbones", "list the registered backbones"),
+    "download": ("harness.commands.download", "download registered backbones' weights into the cache, hash checked"),
 }
 
 

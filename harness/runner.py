@@ -299,7 +299,7 @@ def check_log_backend(flag: str | None) -> None:
 
 def resolve_weights(name: str, spec: Any, given: str | None) -> str | None:
     """The local checkpoint of a backbone, without downloading: a given file, the spec's file or the cached URL."""
-    from backbones.checkpoint import cached_path
+    from backbones.weights import cached_path
 
     if given:
         if not Path(given).expanduser().is_file():
@@ -313,8 +313,8 @@ def resolve_weights(name: str, spec: Any, given: str | None) -> str | None:
     if spec.url:
         cached = cached_path(spec.url)
         if not cached.is_file():
-            raise PlanError(f"backbone {name}: weights not in the cache (looked for {cached}); download {spec.url} "
-                            f"there, or pass --checkpoint {name}=PATH")
+            raise PlanError(f"backbone {name}: weights not in the cache (looked for {cached}); run "
+                            f"`harness download {name}`, or pass --checkpoint {name}=PATH")
         return str(cached)
     return None
 
