@@ -171,15 +171,18 @@ def _preview(keys: list[str], n: int = 8) -> str:
     return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
 
 
-def build_model(spec: BackboneSpec, img_size: int | None = None, **overrides: Any) -> nn.Module:
-    """The timm model of a spec, without weights. `num_classes` defaults to 0 (features only)."""
+def build_model(
+    spec: BackboneSpec, img_size: int | None = None, pretrained: bool = False, **overrides: Any
+) -> nn.Module:
+    """The timm model of a spec, without weights unless `pretrained` (timm's own loading, for `timm:` entries).
+    `num_classes` defaults to 0 (features only)."""
     import timm
 
     kwargs = {"num_classes": 0, **spec.arch_kwargs, **overrides}
     kwargs.setdefault("img_size", img_size or spec.img_size)
     if img_size:
         kwargs["img_size"] = img_size
-    return timm.create_model(spec.arch, pretrained=False, **kwargs)
+    return timm.create_model(spec.arch, pretrained=pretrained, **kwargs)
 
 
 def load_checkpoint(
@@ -206,11 +209,14 @@ def create_backbone(
 ) -> nn.Module:
     """A timm model for a registered backbone (or a YAML file), with its weights loaded and every key accounted.
 
+    A `timm:` entry without `checkpoint` is loaded by timm (`pretrained=True`: its filter, the Hugging Face hub cache).
     `checkpoint` (path or URL) replaces the entry's weights, read in the entry's format unless `checkpoint_format` names
     another; `pretrained=False` builds without any. The spec is kept on the model as `model.backbone_spec`, the loaded
     file as `model.checkpoint_path`.
     """
     spec = get_spec(name)
+    if spec.timm_pretrained and pretrained and checkpoint is None:
+        return _timm_pretrained(spec, img_size, **overrides)
     model = build_model(spec, img_size=img_size, **overrides)
     path = resolve_checkpoint(spec, checkpoint) if pretrained else None
     model.backbone_spec = spec
@@ -218,4 +224,23 @@ def create_backbone(
     if path is not None:
         fmt = checkpoint_format or spec.checkpoint_format
         model.load_report = load_checkpoint(model, path, fmt, allow_pickle=allow_pickle)
+    return model
+
+
+def _timm_pretrained(spec: BackboneSpec, img_size: int | None, **overrides: Any) -> nn.Module:
+    """A `timm:` entry with timm's weights; timm resamples the position embedding and drops a head of another size."""
+    try:
+        model = build_model(spec, img_size=img_size, pretrained=True, **overrides)
+    except (OSError, RuntimeError) as e:  # no network and nothing in the hub cache, or a file that does not fit
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"backbone {spec.name!r}: timm cannot load its pretrained weights ({msg}); run `harness download "
+            f"{spec.name}` on a machine with internet (same HF_HOME), or pass --checkpoint {spec.name}=PATH"
+        ) from None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    model.backbone_spec = spec
+    model.checkpoint_path = cfg.get("file") or (
+        f"hf-hub:{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else cfg.get("url")
+    )
+    model.load_report = {"loaded_by": ["timm"]}
     return model
