@@ -1,9 +1,15 @@
 """ViT backbones: a registry of specs (`registry`, `zoo`), checkpoint formats (`formats`) and loading (`checkpoint`).
 
 The mmengine adapter for detection and segmentation lives in `backbones.mm` and is imported only by those tasks.
+Importing the package is cheap: the registry needs no torch, and the loading functions import it on first use, so
+that listing the registry (`harness backbones`) stays fast.
 """
 
-from backbones.checkpoint import CheckpointError, create_backbone, load_checkpoint, read_checkpoint
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from backbones.registry import (
     BackboneSpec,
     get_spec,
@@ -12,6 +18,9 @@ from backbones.registry import (
     load_backbone_yaml,
     register_backbone,
 )
+
+_LAZY = {name: "backbones.checkpoint" for name in ("CheckpointError", "create_backbone", "load_checkpoint",
+                                                   "read_checkpoint")}  # fmt: skip
 
 __all__ = [
     "BackboneSpec",
@@ -25,3 +34,9 @@ __all__ = [
     "read_checkpoint",
     "register_backbone",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'backbones' has no attribute {name!r}")

@@ -123,6 +123,22 @@ def test_cli_downloads_and_reports(served, tmp_path, capsys, clean_registry):
     assert "served_vit: downloaded" in capsys.readouterr().out
     assert main(["download", "--no-progress", "--backbone-file", str(entry), "served_vit"]) == 0
     assert "already in" in capsys.readouterr().out
+    assert main(["backbones", "served_vit"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[0] == "served_vit" and row[1:3] == ["vit_tiny_patch16_224", "?"], "a YAML entry states no size"
+    assert row[-2:] == ["on", "disk"] and "pinned" in row
+
+
+def test_listing_says_which_weights_are_on_disk(served, tmp_path, capsys, clean_registry):
+    url, _ = served
+    entry = _yaml_entry(tmp_path, url, None)
+    assert main(["backbones", "--backbone-file", str(entry), "--params", "served_vit"]) == 0
+    out = capsys.readouterr().out
+    assert "5.5M" in out and "not downloaded" in out and "harness download NAME" in out
+    download_weights("served_vit", url, None, accept=True, progress=False)
+    cached_path(url).with_name(cached_path(url).name + ".sha256").unlink()
+    assert main(["backbones", "served_vit"]) == 0
+    assert "on disk, sha256 unchecked" in capsys.readouterr().out
 
 
 def test_cli_names_are_checked_before_any_download(served, tmp_path, capsys, clean_registry):

@@ -170,3 +170,11 @@ def test_cli_help_is_fast_and_lists_backbones():
     assert lines[0].split()[:3] == ["name", "arch", "params"]
     assert any(line.startswith("mae_vit_base_patch16") and "85.8M" in line and "CC-BY-NC" in line for line in lines)
     assert not any(line.startswith("dino_") for line in lines)
+    assert any("harness download NAME" in line for line in lines), "the footer says how to get missing weights"
+
+
+def test_listing_imports_neither_torch_nor_timm():
+    code = ("import sys; from harness.commands.backbones import rows; table = rows(); "
+            "assert all(r['params'] != '?' for r in table); "
+            "heavy = [m for m in ('torch', 'timm') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
