@@ -42,6 +42,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from harness.worker import ScalarLog
 from tasks import TaskContext, TaskResult
+from tasks.cost import CostMeter
 
 log = logging.getLogger(__name__)
 
@@ -568,12 +569,13 @@ def _run(ctx: TaskContext, recipe: dict[str, Any], protocol: str, section: str, 
             log.info("resuming %s from %s (epoch %d of %d)", section, ckpt_path, start_epoch, cfg["epochs"])
 
     t_train = time.time()
+    meter = CostMeter(device)
     history = list(state.get("history", [])) if state else []
     with ScalarLog(work_dir, enabled=dist_.main) as scalars:  # harness run --log-backend; nothing without it
         for epoch in range(start_epoch, cfg["epochs"]):
             t0 = time.time()
             seed_everything(ctx.seed * 1_000_003 + epoch * 1009 + dist_.rank)  # resume replays the same randomness
-            loader = batches(train, micro, dist_, ctx.seed, epoch, workers, device, train=True)
+            loader = meter.timed("train", batches(train, micro, dist_, ctx.seed, epoch, workers, device, train=True))
             loss, _ = train_one_epoch(model, wrapped, loader, optimizer, scheduler, criterion, mixup, accum,
                                       epoch * per_epoch, cfg, device, precision, cached)
             history.append({"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -588,8 +590,8 @@ def _run(ctx: TaskContext, recipe: dict[str, Any], protocol: str, section: str, 
                 dist.barrier()  # the checkpoint is complete before any rank can be stopped
         train_seconds = time.time() - t_train
 
-        metrics = evaluate(model, batches(val, micro, dist_, ctx.seed, 0, workers, device, train=False), dist_,
-                           device, precision, len(classes), cached)
+        val_loader = meter.timed("eval", batches(val, micro, dist_, ctx.seed, 0, workers, device, train=False))
+        metrics = evaluate(model, val_loader, dist_, device, precision, len(classes), cached)
         scalars.add(metrics, step=cfg["epochs"])
     extra = {
         "protocol": protocol, "section": section, "blocks": blocks, "load_report": report,
@@ -597,6 +599,7 @@ def _run(ctx: TaskContext, recipe: dict[str, Any], protocol: str, section: str, 
         "cached_features": cached, "resumed_from_epoch": start_epoch, "history": history,
         "train_seconds": train_seconds, "wall_seconds": time.time() - t_start, "device": str(device),
         "rank": dist_.rank, "trainable_params": sum(p.numel() for p in _iter_params(optimizer)),
+        "cost": meter.summary(),  # micro-batch step time and peak memory, training and evaluation apart
     }
     if dist_.main:
         log.info("%s top1 %.2f top5 %.2f", section, metrics["top1"], metrics["top5"])

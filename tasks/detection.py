@@ -361,6 +361,7 @@ def run(ctx: TaskContext) -> TaskResult:
     cfg = build_config(ctx, recipe, root, layout)
     resumed_from = mmcommon.latest_checkpoint(ctx.work_dir)
     runner = mmcommon.build_runner(cfg, ctx.work_dir)
+    meter = mmcommon.attach_cost_meter(runner, ctx.device)
     raw = _train_and_validate(runner)
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     backbone = model.backbone
@@ -374,5 +375,6 @@ def run(ctx: TaskContext) -> TaskResult:
         embedded_data=ctx.data_root is None,
         classes=list(layout.classes),
         experiment_name=cfg["experiment_name"],
+        cost=meter.summary(),
     )
     return TaskResult(metrics=to_percent(raw), recipe=recipe, extra=extra)

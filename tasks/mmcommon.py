@@ -22,9 +22,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks import TaskContext
+
+if TYPE_CHECKING:
+    from tasks.cost import CostMeter
 
 CUSTOM_IMPORTS = dict(imports=["backbones.mm"], allow_failed_imports=False)
 LAUNCHERS = ("none", "pytorch", "slurm")
@@ -198,6 +201,15 @@ def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     trust_checkpoint_dir(work_dir)
     return Runner.from_cfg(Config(cfg, format_python_code=False))  # yapf formatting costs seconds per runner
+
+
+def attach_cost_meter(runner: Any, device: str) -> CostMeter:
+    """A `CostMeter` fed by the runner's training and validation steps (`extra["cost"]` of the result)."""
+    from tasks.cost import CostMeter, cost_hook
+
+    meter = CostMeter("cuda" if use_cuda(device) else "cpu")
+    runner.register_hook(cost_hook(meter))
+    return meter
 
 
 def train_and_validate(runner: Any) -> dict[str, float]:

@@ -37,6 +37,7 @@ def run(ctx: TaskContext) -> TaskResult:
     cfg = build_config(ctx, recipe, data_root, classes)
     resumed_from = mmcommon.latest_checkpoint(ctx.work_dir)
     runner = mmcommon.build_runner(cfg, ctx.work_dir)
+    meter = mmcommon.attach_cost_meter(runner, ctx.device)
     start = time.perf_counter()
     metrics = mmcommon.train_and_validate(runner)
     backbone = getattr(runner.model, "module", runner.model).backbone
@@ -52,6 +53,7 @@ def run(ctx: TaskContext) -> TaskResult:
             data_root=str(data_root),
             num_classes=len(classes) if classes else ADE_NUM_CLASSES,
             train_and_val_s=round(time.perf_counter() - start, 2),
+            cost=meter.summary(),
         ),
     )
 

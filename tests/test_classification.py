@@ -126,6 +126,7 @@ def test_linear_probe_trains_only_the_head(data: Path, tmp_path: Path) -> None:
         }  # BatchNorm1d without affine before the linear head
         assert weights["vit.head.0.num_batches_tracked"] == 2 * 80 // 16
         assert result.extra["trainable_params"] == 32 * 10 + 10
+        assert result.extra["cost"]["steps_train"] > 0 and result.extra["cost"]["steps_eval"] > 0
         assert result.extra["load_report"]["checkpoint"] == str(tmp_path / "pretrained.pth")
 
 

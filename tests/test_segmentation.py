@@ -168,6 +168,7 @@ def test_trains_evaluates_and_resumes(data_root: Path, tmp_path: Path) -> None:
     _check_metrics(result.metrics)
     assert result.recipe["name"] == "tiny" and result.recipe["schedule"]["max_iters"] == 2
     assert result.extra["pyramid"] == "taps" and result.extra["iters"] == 2 and result.extra["resumed_from"] is None
+    assert result.extra["cost"]["steps_train"] == 2 and result.extra["cost"]["steps_eval"] > 0
     assert result.extra["load_report"]["checkpoint"] == str(checkpoint) and result.extra["num_classes"] == 10
     assert (work_dir / "iter_2.pth").is_file()
 
