@@ -39,9 +39,11 @@ def fetch_one(name: str, sha256: str | None, accept: bool, progress: bool) -> st
     if name.startswith(TIMM_PREFIX):
         return _timm(name)
     spec = get_spec(name)
+    if spec.checkpoint:
+        raise ValueError(f"{name}: its weights are the local file {spec.checkpoint}; there is nothing to download")
     if not spec.url:
-        where = f"its weights are the file {spec.checkpoint}" if spec.checkpoint else "it has no published weights"
-        raise ValueError(f"{name}: {where}; pass --checkpoint {name}=PATH to runs (`harness pretrain` makes one)")
+        raise ValueError(f"{name}: it has no published weights; pass --checkpoint {name}=PATH to runs "
+                         f"(`harness pretrain` makes one)")
     _, message = download_weights(name, spec.url, spec.sha256, given=sha256, accept=accept, progress=progress)
     return message
 
