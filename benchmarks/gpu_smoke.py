@@ -202,6 +202,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, width, strict=True)).rstrip() for row in cells)
 
 
+def _device_line(device: str) -> str:
+    import torch
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return f"device {name}, torch {torch.__version__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for the data, the runs and the figures (gpu_smoke.txt/.json)")
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = prepare(args.data, args.out, mode)
     rc = run_suite(args.out, roots, mode)
     rows = figures(args.out)
-    text = table(rows)
+    text = f"{_device_line(mode.device)}\n{table(rows)}"
     print(text)
     (args.out / "gpu_smoke.txt").write_text(text + "\n")
     (args.out / "gpu_smoke.json").write_text(json.dumps(rows, indent=1) + "\n")
