@@ -65,11 +65,6 @@ class BackboneSpec:
     description: str = ""
     params: int | None = None  # parameters of the features-only model (num_classes=0), so listing needs no torch
 
-    @property
-    def weights_name(self) -> str | None:
-        """The file name the weights have in the cache (the url's last path segment)."""
-        return self.url.split("?")[0].rsplit("/", 1)[-1] if self.url else None
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -66,12 +66,6 @@ def expected_hash(path: Path, pinned: str | None) -> str | None:
     return record.read_text().strip() if record.is_file() else None
 
 
-def verify(path: Path, pinned: str | None) -> bool | None:
-    """True or False when the file can be checked against a pinned or recorded hash; None when there is none."""
-    expected = expected_hash(path, pinned)
-    return None if expected is None else hash_matches(file_sha256(path), expected)
-
-
 def _content_length(response: object) -> int | None:
     size = getattr(response, "headers", {}).get("Content-Length")
     return int(size) if size and size.isdigit() else None
