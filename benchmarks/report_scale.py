@@ -186,7 +186,7 @@ def write_records(root: Path, n: int) -> None:
                 break
             if i % RERUN_EVERY == 5 and w.count + 1 < n:
                 w.write({**rec, "metrics": {k: v - 3.0 for k, v in rec["metrics"].items()}})  # the superseded one
-            if i % FAILED_EVERY == 7 and rec["kind"] == "task":
+            if (i + seed) % FAILED_EVERY == 7 and rec["kind"] == "task":
                 rec = {**rec, "status": "failed", "metrics": {},
                        "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
             w.write(rec)

@@ -27,14 +27,36 @@ if TYPE_CHECKING:
 
 # Model sizes in the order of the ViT family names, for a size axis without counting parameters.
 SIZE_ORDER = ("tiny", "small", "base", "large", "huge", "giant")
-PNG_DPI = 120
+PNG_DPI = 110
+TICK_SIZE, TICK_ROTATION = 7, 30
 LOSS_PANELS_PER_ROW = 3
+TREND_PANELS_PER_ROW = 3
+BAR_VALUES_MAX = 16  # bars in a panel up to which each carries its value
 
 
-def _figure(width: float, height: float, **kwargs: Any) -> Figure:
+def text_width(labels: Any, size: float) -> float:
+    """The width in inches of the longest label at `size` points (DejaVu Sans averages about 0.6 em a character)."""
+    return max((len(str(t)) for t in labels), default=0) * size * 0.6 / 72
+
+
+def _grid(n: int, per_row: int, panel: tuple[float, float], margins: tuple[float, float, float, float],
+          gaps: tuple[float, float]) -> tuple[Figure, list[Any]]:
+    """A figure of `n` panels of `panel` = (width, height) inches, `per_row` to a row, with `margins` (left, right,
+    bottom, top) and `gaps` (between columns, between rows) in inches. The layout is set here from the labels'
+    lengths, once: a layout engine would measure every text again at each save, which costs more than the drawing."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained", **kwargs)
+    cols = min(n, per_row)
+    rows = -(-n // cols)
+    (w, h), (left, right, bottom, top), (wgap, hgap) = panel, margins, gaps
+    width, height = left + cols * w + (cols - 1) * wgap + right, bottom + rows * h + (rows - 1) * hgap + top
+    fig = Figure(figsize=(width, height))
+    axes = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        x0, y0 = left + c * (w + wgap), height - top - (r + 1) * h - r * hgap
+        axes.append(fig.add_axes((x0 / width, y0 / height, w / width, h / height)))
+    return fig, axes
 
 
 def _save(fig: Figure, stem: Path) -> list[Path]:
@@ -43,31 +65,48 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     with matplotlib.rc_context({"svg.fonttype": "none"}):
-        for p in paths:
-            fig.savefig(p, dpi=PNG_DPI if p.suffix == ".png" else None)
+        fig.savefig(paths[0], dpi=PNG_DPI)
+        fig.savefig(paths[1])
     return paths
 
 
-def bar_chart(part: pd.DataFrame, columns: list[str], labels: dict[str, str], title: str, stem: Path) -> list[Path]:
-    """Grouped bars: x = backbones, one bar per column, error bars = std over seeds (none for n = 1)."""
+def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str, str], title: str) -> None:
+    """Grouped bars: x = backbones, one bar per column, error bars = std over seeds (none for n = 1); the values
+    are written on the bars while they are few enough to read."""
     import numpy as np
 
     backbones = sorted(part["label"].unique())  # backbone, with its pretraining epochs where those vary
     width = 0.8 / len(columns)
-    fig = _figure(max(4.5, 0.35 * len(columns) * len(backbones) + 2.0), 3.4)
-    ax = fig.add_subplot()
     x = np.arange(len(backbones))
     for i, col in enumerate(columns):
         hit = part[part["column"] == col].set_index("label").reindex(backbones)
         err = hit["std"].fillna(0.0).to_numpy()  # one seed: no spread to show
         bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, hit["mean"].to_numpy(), width,
-                      yerr=err if err.any() else None, capsize=3, label=labels[col])
-        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
+                      yerr=err if err.any() else None, capsize=2, label=labels[col], color=f"C{i}")
+        if len(backbones) * len(columns) <= BAR_VALUES_MAX:
+            ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
     ax.margins(y=0.12)  # room for the value labels
-    ax.set_xticks(x, backbones, rotation=25, ha="right", fontsize=7)
-    ax.set_ylabel("%")
-    ax.set_title(title, fontsize=10)
+    ax.set_xlim(-0.5, len(backbones) - 0.5)
+    ax.set_xticks(x, backbones, rotation=TICK_ROTATION, ha="right", rotation_mode="anchor", fontsize=TICK_SIZE)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylabel("%", fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[str, str], stem: Path) -> list[Path]:
+    """One figure per task, one panel per setting (title, its summary rows, its columns), stacked."""
+    import math
+
+    widest = max(len(part["label"].unique()) * len(cols) for _, part, cols in panels)
+    ticks = text_width([b for _, part, _ in panels for b in part["label"].unique()], TICK_SIZE)
+    legend = text_width([labels[c] for _, _, cols in panels for c in cols], 7) + 0.6
+    angle = math.radians(TICK_ROTATION)
+    fig, axes = _grid(len(panels), 1, (max(3.5, 0.2 * widest), 2.2),
+                      (max(0.6, ticks * math.cos(angle) - 0.1), legend, ticks * math.sin(angle) + 0.25, 0.3),
+                      (0.0, ticks * math.sin(angle) + 0.55))
+    for ax, (title, part, columns) in zip(axes, panels, strict=True):
+        _bar_panel(ax, part, columns, labels, title)
     return _save(fig, stem)
 
 
@@ -82,39 +121,61 @@ def _size_name(size_key: str) -> str:
     return str(arch) + (f" d={kwargs['embed_dim']}" if (kwargs or {}).get("embed_dim") else "")
 
 
-def trend_charts(frame: pd.DataFrame, labels: dict[str, str], out: Path) -> list[Path]:
-    """Accuracy against pretraining epochs and model size, one line per setting and family, where some line has
-    runs at two or more values. The size axis is shared by all lines of a figure, ordered by model size."""
-    written: list[Path] = []
-    done = frame[frame["column"].notna() & frame["value"].notna()].fillna({"recipe": "", "family": ""})
-    for axis, name in (("pretrain_epochs", "epochs"), ("size", "size")):
-        for col, part in done.groupby("column"):
-            part = part[part[axis].notna()]
-            stats = part.groupby(["recipe", "family", axis])["value"].agg(["mean", "std"]).reset_index()
-            varied = stats.groupby(["recipe", "family"])[axis].nunique()
-            if varied.empty or varied.max() < 2:
-                continue
-            fig = _figure(6.0, 3.4)
-            ax = fig.add_subplot()
-            several = stats["recipe"].nunique() > 1
-            if axis == "size":
-                order = sorted(stats[axis].unique(), key=_size_rank)
-                ax.set_xticks(range(len(order)), [_size_name(k) for k in order], rotation=15, ha="right",
-                              fontsize=7)
-            for (recipe, family), line in stats.groupby(["recipe", "family"]):
-                if axis == "size":
-                    line = line.assign(x=line[axis].map({k: i for i, k in enumerate(order)})).sort_values("x")
-                    xs = line["x"].to_numpy()
-                else:
-                    line = line.sort_values(axis)
-                    xs = line[axis].to_numpy()
-                ax.errorbar(xs, line["mean"], yerr=line["std"].fillna(0.0), marker="o", capsize=3,
-                            label=f"{family}, {recipe}" if several else family)
-            ax.set_xlabel("pretraining epochs" if axis == "pretrain_epochs" else "model")
-            ax.set_ylabel(labels[col])
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-            written += _save(fig, out / f"{col}_vs_{name}")
-    return written
+def trend_lines(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """mean and std over seeds per (column, setting, family, value of `axis`), for the lines that have two or more
+    values of `axis`: a setting's runs are never pooled with another setting's."""
+    done = frame[frame["column"].notna() & frame["value"].notna() & frame[axis].notna()]
+    done = done.fillna({"recipe": "", "family": ""})
+    keys = ["column", "recipe", "family"]
+    stats = done.groupby([*keys, axis])["value"].agg(["mean", "std"]).reset_index()
+    return stats[stats.groupby(keys)[axis].transform("nunique") >= 2]
+
+
+def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Path) -> list[Path]:
+    """Accuracy against `axis` (pretraining epochs or model size): one panel per column, one line per setting and
+    family, with the same colour in every panel; nothing when no line has two values."""
+    lines = trend_lines(frame, axis)
+    if lines.empty:
+        return []
+    columns = sorted(lines["column"].unique())
+    series = sorted({(r, f) for r, f in zip(lines["recipe"], lines["family"], strict=True)})
+    names = [f"{f}, {r}" if r else f for r, f in series]
+    order = sorted(lines[axis].unique(), key=_size_rank) if axis == "size" else []
+    ticks = text_width([_size_name(k) for k in order], TICK_SIZE) * 0.26 if order else 0.0  # rotated by 15 degrees
+    fig, axes = _grid(len(columns), TREND_PANELS_PER_ROW, (3.0, 2.2), (0.55, text_width(names, 7) + 0.6,
+                      ticks + 0.45, 0.3), (0.55, ticks + 0.75))
+    if axis == "size":
+        lines = lines.assign(x=lines[axis].map({k: i for i, k in enumerate(order)}))
+    else:
+        lines = lines.assign(x=lines[axis])
+    for ax, col in zip(axes, columns, strict=True):
+        for j, (recipe, family) in enumerate(series):
+            line = lines[(lines["column"] == col) & (lines["recipe"] == recipe) & (lines["family"] == family)]
+            if not line.empty:
+                line = line.sort_values("x")
+                ax.errorbar(line["x"], line["mean"], yerr=line["std"].fillna(0.0), marker="o", markersize=3,
+                            capsize=2, color=f"C{j % 10}", label=names[j])
+        if axis == "size":
+            ax.set_xticks(range(len(order)), [_size_name(k) for k in order], rotation=15, ha="right",
+                          rotation_mode="anchor")
+            ax.set_xlim(-0.3, len(order) - 0.7)
+            ax.set_xlabel("model", fontsize=8)
+        else:
+            values = sorted(lines.loc[lines["column"] == col, "x"].unique())
+            ax.set_xscale("log", base=2)  # 100, 200, 400, 800 epochs at even steps, as MAE Figure 7
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.minorticks_off()
+            ax.set_xlabel("pretraining epochs", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(labels[col], fontsize=9)
+    handles, shown = [], []
+    for ax in axes:  # one legend for the figure: a setting's colour is the same in every panel
+        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
+            if n not in shown:
+                handles.append(h)
+                shown.append(n)
+    fig.legend(handles, shown, loc="upper right", fontsize=7)
+    return _save(fig, stem)
 
 
 def loss_figure(curves: pd.DataFrame) -> Figure | None:
@@ -124,12 +185,9 @@ def loss_figure(curves: pd.DataFrame) -> Figure | None:
     if curves.empty:
         return None
     panels = sorted(curves["panel"].unique())
-    cols = min(len(panels), LOSS_PANELS_PER_ROW)
-    rows = -(-len(panels) // cols)
-    fig = _figure(4.2 * cols, 3.6 * rows)
+    fig, axes = _grid(len(panels), LOSS_PANELS_PER_ROW, (4.0, 2.8), (0.6, 0.15, 0.45, 0.55), (0.6, 0.75))
     fig.suptitle("pretraining loss (mean over seeds, band: ± 1 std)", fontsize=10)
-    for i, panel in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    for ax, panel in zip(axes, panels, strict=True):
         for setting, line in curves[curves["panel"] == panel].groupby("setting", sort=True):
             steps, mean, std = line["step"].to_numpy(), line["mean"].to_numpy(), line["std"].to_numpy()
             n = int(line["n"].max())
@@ -161,14 +219,16 @@ def reconstructions(figures: dict[str, str], out: Path) -> list[Path]:
     return written
 
 
-def write_plots(bars: list[tuple[str, str, pd.DataFrame, list[str]]], frame: pd.DataFrame, labels: dict[str, str],
-                curves: pd.DataFrame, figures: dict[str, str], out: Path) -> list[Path]:
-    """Every figure: `bars` (file stem, title, summary rows, columns), the trends in `frame` (the report's rows),
-    the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`; returns the files written."""
+def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
+                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path) -> list[Path]:
+    """Every figure: `bars` (task -> its panels: title, summary rows, columns), the trends in `frame` (the report's
+    rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`; returns the files
+    written."""
     written: list[Path] = []
-    for stem, title, part, present in bars:
-        written += bar_chart(part, present, labels, title, out / stem)
-    written += trend_charts(frame, labels, out)
+    for task, panels in bars.items():
+        written += bar_chart(panels, labels, out / task)
+    for axis, name in (("pretrain_epochs", "epochs"), ("size", "size")):
+        written += trend_chart(frame, labels, axis, out / f"trend_vs_{name}")
     written += loss_curves(curves, out)
     written += reconstructions(figures, out)
     return written

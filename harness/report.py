@@ -355,8 +355,9 @@ def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, A
     from harness import plots, results, store
 
     labels = {c: column_label(c) for c in set(frame["column"].dropna())}
-    bars = [(stem, table_title(table, recipe), part, present)
-            for stem, table, recipe, part, present in table_parts(summary)]
+    bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
+    for _, table, recipe, part, present in table_parts(summary):
+        bars.setdefault(table, []).append((table_title(table, recipe), part, present))
     latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
     figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
