@@ -202,8 +202,9 @@ def baseline_tree(ref: str, dest: Path) -> Path:
     return dest
 
 
-def time_child(cmd: list[str], code: Path) -> tuple[float, float]:
-    """(seconds, peak resident MB) of a Python child process with the project at `code` first on the path."""
+def time_child(cmd: list[str], code: Path) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak resident MB) of a Python child process with the project at `code` first on
+    the path. On a shared machine the wall time depends on the load; the CPU time much less."""
     env = {**os.environ, "PYTHONPATH": str(code), "MPLBACKEND": "Agg"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -213,10 +214,10 @@ def time_child(cmd: list[str], code: Path) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[1:4])} failed ({proc.returncode}) at {code}:\n{err[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
-def time_report(code: Path, runs: Path, out: Path) -> tuple[float, float]:
+def time_report(code: Path, runs: Path, out: Path) -> tuple[float, float, float]:
     return time_child([sys.executable, "-m", "harness", "report", "--runs", str(runs), "--out", str(out),
                        "--format", "md,csv,tex"], code)
 
@@ -237,20 +238,21 @@ def main() -> None:
         shutil.rmtree(args.keep, ignore_errors=True)
     try:
         old = baseline_tree(args.baseline, tmp / "baseline") if args.baseline else None
-        floor, floor_mb = time_child([sys.executable, "-c", "import pandas, matplotlib.pyplot"], ROOT)
-        print(f"start-up floor (python, pandas and matplotlib.pyplot imported): {floor:.2f} s, {floor_mb:.0f} MB")
-        print(f"{'records':>8} {'pretrain':>8} {'report s':>9} {'peak MB':>8}"
-              + (f" {'baseline s':>10} {'peak MB':>8} {'speed-up':>8}" if old else ""))
+        floor, floor_cpu, floor_mb = time_child([sys.executable, "-c", "import pandas, matplotlib.figure"], ROOT)
+        print(f"start-up floor (python, pandas and matplotlib imported): {floor:.2f} s ({floor_cpu:.2f} s CPU), "
+              f"{floor_mb:.0f} MB; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"{'records':>8} {'pretrain':>8} {'wall s':>7} {'CPU s':>6} {'peak MB':>8}"
+              + (f" {'baseline wall s':>15} {'CPU s':>6} {'peak MB':>8} {'speed-up (CPU)':>14}" if old else ""))
         for n in sizes:
             runs = base / f"n{n}"
             # in a process of its own: the backbone specs import torch, whose pages a forked child would count
             subprocess.run([sys.executable, __file__, "--write", str(runs), "--n", str(n)], check=True)
             pre = sum(1 for _ in (runs / "work").iterdir())
-            secs, mb = time_report(ROOT, runs, runs / "results")
-            line = f"{n:>8} {pre:>8} {secs:>9.2f} {mb:>8.0f}"
+            secs, cpu, mb = time_report(ROOT, runs, runs / "results")
+            line = f"{n:>8} {pre:>8} {secs:>7.2f} {cpu:>6.2f} {mb:>8.0f}"
             if old:
-                b_secs, b_mb = time_report(old, runs, runs / "results_baseline")
-                line += f" {b_secs:>10.2f} {b_mb:>8.0f} {b_secs / secs:>7.1f}x"
+                b_secs, b_cpu, b_mb = time_report(old, runs, runs / "results_baseline")
+                line += f" {b_secs:>15.2f} {b_cpu:>6.2f} {b_mb:>8.0f} {b_cpu / cpu:>13.1f}x"
             print(line, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
