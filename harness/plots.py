@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,16 +220,30 @@ def reconstructions(figures: dict[str, str], out: Path) -> list[Path]:
     return written
 
 
+def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list[Path]:
+    """Runs the figure `jobs` (function, arguments), on as many CPUs as there are (forked processes that have the
+    libraries loaded already: a figure is drawn in Python, one CPU each), else one after the other."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [p for fn, args in jobs for p in fn(*args)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in jobs]
+        return [p for f in futures for p in f.result()]
+
+
 def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
                 labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path) -> list[Path]:
     """Every figure: `bars` (task -> its panels: title, summary rows, columns), the trends in `frame` (the report's
     rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`; returns the files
     written."""
-    written: list[Path] = []
-    for task, panels in bars.items():
-        written += bar_chart(panels, labels, out / task)
-    for axis, name in (("pretrain_epochs", "epochs"), ("size", "size")):
-        written += trend_chart(frame, labels, axis, out / f"trend_vs_{name}")
-    written += loss_curves(curves, out)
-    written += reconstructions(figures, out)
-    return written
+    trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
+    jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
+        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}"))
+        for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
+    jobs += [(bar_chart, (panels, labels, out / task)) for task, panels in bars.items()]
+    jobs.append((loss_curves, (curves, out)))
+    return _draw(jobs) + reconstructions(figures, out)

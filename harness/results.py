@@ -97,13 +97,10 @@ def read_loss(log_jsonl: Path) -> tuple[list[float], list[float]]:
                 entries.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    steps, losses = [], []
-    for i, entry in enumerate(entries):
-        loss = entry.get("loss") if isinstance(entry, dict) else None
-        if isinstance(loss, int | float) and not isinstance(loss, bool) and math.isfinite(loss):
-            steps.append(float(entry.get("step", i)))
-            losses.append(float(loss))
-    return steps, losses
+    number = (int, float)  # not bool, not a string
+    pairs = [(e.get("step", i), e.get("loss")) for i, e in enumerate(entries) if type(e) is dict]
+    pairs = [(float(s), float(v)) for s, v in pairs if type(s) in number and type(v) in number and math.isfinite(v)]
+    return [s for s, _ in pairs], [v for _, v in pairs]
 
 
 def pretrain_setting(rec: dict[str, Any]) -> tuple[str, str]:
