@@ -230,6 +230,10 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [p for fn, args in jobs for p in fn(*args)]
+    import matplotlib.backends.backend_agg  # noqa: F401  loaded once, before the fork, rather than in every worker
+    import matplotlib.backends.backend_svg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [pool.submit(fn, *args) for fn, args in jobs]
         return [p for f in futures for p in f.result()]

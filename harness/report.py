@@ -1,7 +1,7 @@
 """`harness report`: the result records as the MAE paper's comparison tables, the published numbers, and plots.
 
-Reads `RUNS/records/*.json` (`harness.store`; the newest record of each run id counts, failed ones are listed but not
-averaged) with pandas and writes into `results/`:
+Reads `RUNS/records/*.json` once, each pruned to the fields the tables need (`harness.results`; the newest record of
+each run id counts, failed ones are listed but not averaged), into a pandas frame and writes into `results/`:
 
 * `in1k`, `coco`, `ade20k` tables per setting (the recipe and its `--set` overrides), as in He et al. 2021
   (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
@@ -9,7 +9,8 @@ averaged) with pandas and writes into `results/`:
   architecture; for recipe `paper`, the published number beside a row of the same family and model size;
 * `reference`: the paper's numbers (`harness.reference`);
 * `summary.csv` (one row per recipe, backbone and column, full precision) and `runs.csv` (one row per run);
-* plots (`harness.plots`).
+* plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
+  pretraining setting, so that their cost follows the settings, not the number of runs).
 
 Metrics are read in percent; mmdet's raw `coco/bbox_mAP` and `coco/segm_mAP` (fractions) are scaled by 100.
 """
