@@ -225,10 +225,12 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list
     libraries loaded already: a figure is drawn in Python, one CPU each), else one after the other."""
     import multiprocessing
     import os
+    import threading
     from concurrent.futures import ProcessPoolExecutor
 
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    # a fork copies one thread only: from a process with others (a live display, a logger) it could copy a held lock
+    if workers < 2 or threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [p for fn, args in jobs for p in fn(*args)]
     import matplotlib.backends.backend_agg  # noqa: F401  loaded once, before the fork, rather than in every worker
     import matplotlib.backends.backend_svg  # noqa: F401
