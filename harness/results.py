@@ -41,7 +41,7 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
     """`node` with only `fields` (nested); a value that is not a mapping where one is expected is kept as it is."""
     if not isinstance(node, dict):
         return node
-    return {k: (v if fields[k] is True else prune(v, fields[k])) for k, v in node.items() if k in fields}
+    return {k: node[k] if sub is True else prune(node[k], sub) for k, sub in fields.items() if k in node}
 
 
 def read_compact(folder: str | Path, fields: dict[str, Any] = FIELDS) -> list[dict[str, Any]]:
