@@ -1,9 +1,10 @@
 """The report's figures with matplotlib (Agg), each saved as PNG and SVG, drawn from frames the report has ready.
 
-* `<table>[_<recipe>]`: a grouped bar chart per task, backbones on the x axis, one bar per column (fine-tune, linear,
-  partial; APbox, APmask; mIoU) with the std over seeds as error bars (cf. MAE Figure 9 / Tables 3-5);
-* `<column>_vs_epochs`, `<column>_vs_size`: accuracy against pretraining epochs or model size, one line per setting
-  (recipe with its overrides) and family, only when the runs vary them (MAE Figures 7 and 8); settings are never
+* `<table>` (`in1k`, `coco`, `ade20k`): a grouped bar chart per task, one panel per setting (recipe with its
+  overrides), backbones on the x axis, one bar per column (fine-tune, linear, partial; APbox, APmask; mIoU) with the
+  std over seeds as error bars (cf. MAE Figure 9 / Tables 3-5);
+* `trend_vs_epochs`, `trend_vs_size`: accuracy against pretraining epochs or model size, one panel per column, one
+  line per setting and family where that line has two or more values (MAE Figures 7 and 8); settings are never
   pooled;
 * `pretrain_loss`: the pretraining loss, one panel per method, one line per setting (mean over seeds, a band of one
   std), from `harness.results.loss_curves`;
