@@ -1,7 +1,7 @@
 """`harness report`: the result records as the MAE paper's comparison tables, the published numbers, and plots.
 
-Reads `RUNS/records/*.json` (`harness.store`; the newest record of each run id counts, failed ones are listed but not
-averaged) with pandas and writes into `results/`:
+Reads `RUNS/records/*.json` once, each pruned to the fields the tables need (`harness.results`; the newest record of
+each run id counts, failed ones are listed but not averaged), into a pandas frame and writes into `results/`:
 
 * `in1k`, `coco`, `ade20k` tables per setting (the recipe and its `--set` overrides), as in He et al. 2021
   (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
@@ -9,7 +9,8 @@ averaged) with pandas and writes into `results/`:
   architecture; for recipe `paper`, the published number beside a row of the same family and model size;
 * `reference`: the paper's numbers (`harness.reference`);
 * `summary.csv` (one row per recipe, backbone and column, full precision) and `runs.csv` (one row per run);
-* plots (`harness.plots`).
+* plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
+  pretraining setting, so that their cost follows the settings, not the number of runs).
 
 Metrics are read in percent; mmdet's raw `coco/bbox_mAP` and `coco/segm_mAP` (fractions) are scaled by 100.
 """
@@ -23,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from harness.results import recipe_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,21 +109,6 @@ def _metric(metrics: dict[str, Any], column: Column) -> float | None:
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value) * SCALE.get(key, 1.0)
     return None
-
-
-SPLIT_OVERRIDES = {"partial.blocks"}  # overrides that `column_key` already turns into columns of their own
-
-
-def recipe_label(rec: dict[str, Any]) -> str:
-    """The setting a run belongs to: the recipe's name (a recipe given as a YAML path is named by its file's stem),
-    then its `--set` overrides, so that runs of different settings are never averaged as if they were seeds:
-    `tiny`, `tiny [model.pyramid=taps]`."""
-    name = str(rec.get("recipe_name") or (rec.get("recipe") or {}).get("name") or "")
-    name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-    overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in SPLIT_OVERRIDES}
-    if overrides:
-        name += " [" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
-    return name
 
 
 def file_stem(table: str, recipe: str, several: bool) -> str:
@@ -321,14 +309,14 @@ TITLES = {"in1k": "ImageNet-1K top-1 (%)", "coco": "COCO Mask R-CNN AP (%)", "ad
 def write_report(records: str | Path, out: str | Path, formats: list[str] | tuple[str, ...] = FORMATS,
                  plots: bool = True) -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written."""
-    from harness import store
+    from harness import results
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recs = store.read_records(records_dir(records))
+    recs = results.read_compact(records_dir(records))
     frame = flatten(recs)
     summary = summarize(frame)
     written: list[Path] = []
@@ -355,14 +343,27 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     frame.drop(columns=["size"]).to_csv(out / "runs.csv", index=False)
     written += [out / "summary.csv", out / "runs.csv"]
     if plots:
-        from harness.plots import write_plots
-
-        pics = write_plots(frame, summary, recs, out / "plots")
+        pics = _plots(frame, summary, recs, out / "plots")
         written += pics
         index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics if p.suffix == ".png"))
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
     return written
+
+
+def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The figures, from the frames and the finished pretrainings' loss logs and reconstructions."""
+    from harness import plots, results, store
+
+    labels = {c: column_label(c) for c in set(frame["column"].dropna())}
+    bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
+    for _, table, recipe, part, present in table_parts(summary):
+        bars.setdefault(table, []).append((table_title(table, recipe), part, present))
+    latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
+    pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
+    figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
+               for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
+    return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains), figures, out)
 
 
 def run(args: argparse.Namespace) -> int:

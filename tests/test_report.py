@@ -119,7 +119,7 @@ def test_write_report_files(records: Path, tmp_path: Path) -> None:
     names = {p.relative_to(out).as_posix() for p in written}
     for table in ("in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper", "reference"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.tex"} <= names
-    for plot in ("in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper"):
+    for plot in ("in1k", "coco", "ade20k"):  # one figure per task, a panel per setting
         png, svg = out / "plots" / f"{plot}.png", out / "plots" / f"{plot}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:1000]
     md = (out / "in1k_tiny.md").read_text()
@@ -159,9 +159,8 @@ def test_trend_plots_loss_curves_and_reconstruction(tmp_path: Path) -> None:
     out = tmp_path / "results"
     write_report(folder, out, formats=["csv"])
     plots = {p.name for p in (out / "plots").iterdir()}
-    assert {"in1k_finetune_vs_epochs.png", "in1k_finetune_vs_epochs.svg", "pretrain_loss.png",
-            "reconstruction_mae_t.png"} <= plots
-    assert "in1k_finetune_vs_size.png" not in plots  # one size only: no size plot
+    assert {"trend_vs_epochs.png", "trend_vs_epochs.svg", "pretrain_loss.png", "reconstruction_mae_t.png"} <= plots
+    assert "trend_vs_size.png" not in plots  # one size only: no size plot
     assert not list(out.glob("*.md")) or (out / "README.md").exists()
     assert (out / "plots" / "reconstruction_mae_t.png").read_bytes() == (log.parent / "reconstruction.png").read_bytes()
 
@@ -213,5 +212,5 @@ def test_overrides_and_pretraining_lengths_are_settings_not_seeds(tmp_path: Path
     assert in1k.loc["mae_t (400 ep)", "IN1K fine-tune top-1"] == "70.0 (n=1)"
     assert in1k.loc["mae_t (400 ep)", "Δ IN1K fine-tune top-1"] == "+5.0"
     written = {p.name for p in write_report(folder, tmp_path / "res", formats=["md"])}
-    assert {"coco_tiny.md", "coco_tiny_model_pyramid=_taps.md", "coco_tiny_model_pyramid=_taps.png"} <= written
+    assert {"coco_tiny.md", "coco_tiny_model_pyramid=_taps.md", "coco.png"} <= written
     assert "recipe tiny [model.pyramid=\"taps\"]" in (tmp_path / "res" / "README.md").read_text()

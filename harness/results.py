@@ -1,0 +1,139 @@
+"""The result records as the report reads them: each record pruned to the fields the tables need, read once, and the
+pretraining loss histories aggregated per setting (mean and spread over seeds at each logged step).
+
+A sweep leaves thousands of records of a few kilobytes each (resolved recipe, per-epoch history, provenance); the
+report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS`, so that the
+memory held grows with those values, not with the files. Histories are read only for the loss figure and reduced at
+once to one curve per setting: the figure's cost grows with the settings, not with the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# What the report reads from a record: a key maps to True (kept whole) or to the fields kept below it. Provenance,
+# the resolved recipe beyond these keys and the tasks' per-epoch histories are left on disk.
+FIELDS: dict[str, Any] = {
+    "run_id": True, "attempt": True, "status": True, "kind": True, "task": True, "protocol": True, "seed": True,
+    "metrics": True, "recipe_name": True, "overrides": True, "method": True, "error": True, "log": True,
+    "wall_time_s": True, "finished_at": True,
+    "recipe": {"name": True, "epochs": True, "partial": {"blocks": True}},
+    "backbone": {"name": True, "pretrain": True,
+                 "spec": {"family": True, "paper_name": True, "arch": True, "arch_kwargs": True,
+                          "pretrain_epochs": True}},
+    "extra": {"blocks": True, "log_jsonl": True, "reconstruction": True},
+}
+SPLIT_OVERRIDES = {"partial.blocks"}  # overrides that the report's column keys already turn into columns of their own
+
+
+def prune(node: Any, fields: dict[str, Any]) -> Any:
+    """`node` with only `fields` (nested); a value that is not a mapping where one is expected is kept as it is."""
+    if not isinstance(node, dict):
+        return node
+    return {k: node[k] if sub is True else prune(node[k], sub) for k, sub in fields.items() if k in node}
+
+
+def read_compact(folder: str | Path, fields: dict[str, Any] = FIELDS) -> list[dict[str, Any]]:
+    """Every record in `folder` (all attempts) pruned to `fields`, each with `_path`; unreadable files are reported
+    and skipped, as `store.read_records` does."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as it:
+        # a record being written is a dot-file (`.tmp-...`) until it is complete
+        paths = sorted(e.path for e in it if e.name.endswith(store.SUFFIX) and not e.name.startswith("."))
+    out = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                rec = json.loads(f.read())
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=2)
+            continue
+        if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
+            warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=2)
+            continue
+        rec = prune(rec, fields)
+        rec["_path"] = path
+        out.append(rec)
+    return out
+
+
+def recipe_label(rec: dict[str, Any]) -> str:
+    """The setting a run belongs to: the recipe's name (a recipe given as a YAML path is named by its file's stem),
+    then its `--set` overrides, so that runs of different settings are never averaged as if they were seeds:
+    `tiny`, `tiny [model.pyramid=taps]`."""
+    name = str(rec.get("recipe_name") or (rec.get("recipe") or {}).get("name") or "")
+    name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in SPLIT_OVERRIDES}
+    if overrides:
+        name += " [" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
+    return name
+
+
+# --- pretraining loss histories ---
+
+
+def read_loss(log_jsonl: Path) -> tuple[list[float], list[float]]:
+    """(steps, losses) of a pretraining log; lines cut by a kill are skipped."""
+    text = log_jsonl.read_text()
+    try:  # one parse for the whole file; a cut or blank line sends it to the line-by-line path
+        entries = json.loads("[" + text.strip().replace("\n", ",") + "]")
+    except json.JSONDecodeError:
+        entries = []
+        for line in text.splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    number = (int, float)  # not bool, not a string
+    pairs = [(e.get("step", i), e.get("loss")) for i, e in enumerate(entries) if type(e) is dict]
+    pairs = [(float(s), float(v)) for s, v in pairs if type(s) in number and type(v) in number and math.isfinite(v)]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def pretrain_setting(rec: dict[str, Any]) -> tuple[str, str]:
+    """(panel, line) of a pretraining in the loss figure: one panel per method (MAE's pixel MSE, cross-entropy and
+    MoCo's InfoNCE are on different scales), one line per backbone, recipe (with overrides) and length."""
+    epochs = (rec.get("recipe") or {}).get("epochs")
+    line = f"{(rec.get('backbone') or {}).get('name')}, {recipe_label(rec)}" + (f", {epochs} ep" if epochs else "")
+    return str(rec.get("method")), line
+
+
+def loss_curves(pretrains: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (panel, setting, logged step): mean and sample std of the loss over the seeds that logged that
+    step, and their number n (a run cut short by a kill counts where it has values)."""
+    import numpy as np
+    import pandas as pd
+
+    runs: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = defaultdict(list)
+    for rec in pretrains:
+        log = (rec.get("extra") or {}).get("log_jsonl")
+        if log and Path(log).is_file():
+            steps, losses = read_loss(Path(log))
+            if losses:
+                runs[pretrain_setting(rec)].append((steps, losses))
+    parts = []
+    for (panel, setting), curves in sorted(runs.items()):
+        steps = np.concatenate([np.asarray(s) for s, _ in curves])
+        losses = np.concatenate([np.asarray(v) for _, v in curves])
+        grid, at = np.unique(steps, return_inverse=True)
+        n = np.bincount(at)
+        mean = np.bincount(at, losses) / n
+        var = np.bincount(at, (losses - mean[at]) ** 2) / np.maximum(n - 1, 1)
+        parts.append(pd.DataFrame({"panel": panel, "setting": setting, "step": grid, "mean": mean,
+                                   "std": np.where(n > 1, np.sqrt(var), np.nan), "n": n}))
+    if not parts:
+        return pd.DataFrame(columns=["panel", "setting", "step", "mean", "std", "n"])
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,102 @@
+"""The report's figures and its compact reading: one loss line per setting whatever the number of seeds, trend lines
+that never pool two settings, records read pruned give the same rows as records read whole."""
+
+from __future__ import annotations
+
+import ast
+import json
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import plots, results, store
+from harness.report import flatten
+from tests.test_report import rec
+
+# (method, backbone, epochs) of three pretraining settings; their loss starts at `start`
+SETTINGS = (("mae", "mae_t", 100, 1.0), ("mae", "mae_t", 200, 1.0), ("mocov3", "moco_t", 100, 5.0))
+
+
+def _pretrains(tmp_path: Path, seeds: int) -> list[dict]:
+    out = []
+    for method, backbone, epochs, start in SETTINGS:
+        for seed in range(seeds):
+            log = tmp_path / f"{method}-{epochs}-{seed}" / "log.jsonl"
+            log.parent.mkdir()
+            lines = [json.dumps({"epoch": 0, "step": 10 * i, "loss": start / (i + 1) + 0.01 * seed, "lr": 0.1})
+                     for i in range(20)]
+            if seed == 1:
+                lines = lines[:12] + ['{"step": 120, "lo']  # cut by a kill: fewer steps, the last line broken
+            log.write_text("\n".join(lines) + "\n")
+            out.append({"run_id": f"pre-{method}-{epochs}-{seed}", "kind": "pretrain", "status": "finished",
+                        "method": method, "seed": seed, "recipe_name": f"{method}_tiny", "recipe": {"epochs": epochs},
+                        "backbone": {"name": backbone}, "extra": {"log_jsonl": str(log)}})
+    return out
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 9])
+def test_loss_figure_has_one_line_per_setting_whatever_the_seeds(tmp_path: Path, seeds: int) -> None:
+    curves = results.loss_curves(_pretrains(tmp_path, seeds))
+    fig = plots.loss_figure(curves)
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == len(SETTINGS)  # not one per run
+    assert sorted(ax.get_title() for ax in fig.axes) == ["mae", "mocov3"]  # one panel per method, not per run
+    first = curves[(curves["setting"] == "mae_t, mae_tiny, 100 ep") & (curves["step"] == 0)].iloc[0]
+    assert first["n"] == seeds
+    assert first["mean"] == pytest.approx(statistics.mean(1.0 + 0.01 * s for s in range(seeds)))
+    last = curves[(curves["setting"] == "mae_t, mae_tiny, 100 ep") & (curves["step"] == 190)].iloc[0]
+    assert last["n"] == (seeds - 1 if seeds > 1 else seeds)  # the run cut at step 110 has no value there
+    if seeds == 1:
+        assert curves["std"].isna().all()  # one seed: no band
+
+
+def test_trend_lines_never_pool_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recipe `tiny` (top-1 70) and `tiny [finetune.blr=1.0]` (30) are two lines, never one point at 50."""
+    rows = []
+    for recipe, level in (("tiny", 70.0), ("tiny [finetune.blr=1.0]", 30.0)):
+        for epochs in (100, 400):
+            for seed in range(3):
+                rows.append({"recipe": recipe, "family": "mae", "column": "in1k_finetune", "size": "[]",
+                             "pretrain_epochs": epochs, "value": level + epochs / 100 + seed})
+    frame = pd.DataFrame(rows)
+    lines = plots.trend_lines(frame, "pretrain_epochs")
+    assert sorted(lines["mean"]) == [32.0, 35.0, 72.0, 75.0]
+    drawn: list = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append(fig) or real_save(fig, stem))
+    written = plots.trend_chart(frame, {"in1k_finetune": "IN1K fine-tune top-1"}, "pretrain_epochs",
+                                tmp_path / "trend_vs_epochs")
+    assert [p.name for p in written] == ["trend_vs_epochs.png", "trend_vs_epochs.svg"]
+    (ax,) = drawn[0].axes
+    means = sorted(list(c.lines[0].get_ydata()) for c in ax.containers)  # one errorbar per setting
+    assert means == [[32.0, 35.0], [72.0, 75.0]]
+
+
+def test_plots_import_nothing_of_the_harness() -> None:
+    """The dependence is one way: the report imports the plots, which draw the frames they are given."""
+    tree = ast.parse(Path(plots.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split(".")[0] == "harness"}
+
+
+def test_compact_reading_gives_the_same_rows(tmp_path: Path) -> None:
+    folder = tmp_path / "records"
+    for seed, v in enumerate((80.0, 82.0)):
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", seed, {"top1": v}, epochs=400,
+                                       extra={"history": [{"epoch": 1, "loss": 1.0}]},
+                                       recipe={"name": "tiny", "partial": {"blocks": 2}, "finetune": {"blr": 1.0}}))
+    store.write_record(folder, rec("mae_t", "mae", "in1k", "partial", 0, {"top1": 60.0}, overrides={"a.b": 1},
+                                   recipe={"partial": {"blocks": 2}}))
+    store.write_record(folder, rec("mae_t", "mae", "coco", None, 0, {}, status="failed", error="boom"))
+    (folder / "broken.json").write_text("{")
+    (folder / ".tmp-x.json").write_text("{")  # a record being written
+    with pytest.warns(UserWarning, match="broken.json"):
+        compact = results.read_compact(folder)
+    with pytest.warns(UserWarning, match="broken.json"):
+        whole = store.read_records(folder)
+    assert len(compact) == len(whole) == 4
+    assert all("history" not in (r.get("extra") or {}) and "finetune" not in r.get("recipe", {}) for r in compact)
+    pd.testing.assert_frame_equal(flatten(compact), flatten(whole))
