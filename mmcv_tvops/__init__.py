@@ -14,7 +14,6 @@ project's own code. Nothing here imports torch: the `.pth` runs at every interpr
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
@@ -26,7 +25,7 @@ COMPILED = "compiled"
 _MARK = "__mmcv_tvops__"  # set on the module this package serves as mmcv._ext
 
 
-class _ExtLoader(importlib.abc.Loader):
+class _ExtLoader:  # importlib's Loader protocol (not importlib.abc: the .pth keeps start-up light)
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         return None  # the default module object, filled by exec_module
 
@@ -38,7 +37,7 @@ class _ExtLoader(importlib.abc.Loader):
         setattr(module, _MARK, True)
 
 
-class ExtFinder(importlib.abc.MetaPathFinder):
+class ExtFinder:  # importlib's MetaPathFinder protocol
     """Finds `mmcv._ext` (and nothing else) when the finders before it in `sys.meta_path` did not."""
 
     def find_spec(
