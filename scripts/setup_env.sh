@@ -48,7 +48,7 @@ check_python() {
 install_torch() {
   local spec
   if [ -n "${HARNESS_TORCH_INDEX:-}" ]; then
-    spec=$(grep -E '^(torch|torchvision)==' "$repo/requirements/torch.txt" | tr '\n' ' ')
+    spec=$(grep -E '^(torch|torchvision)==' "$repo/requirements/torch.txt" | paste -sd' ')
     log "installing $spec from $HARNESS_TORCH_INDEX"
     # shellcheck disable=SC2086  # two requirement words
     "$venv/bin/pip" install -q --no-deps --index-url "$HARNESS_TORCH_INDEX" $spec
