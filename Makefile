@@ -1,5 +1,5 @@
 # The two commands of the README. Each one builds its own environment first (scripts/setup_env.sh, idempotent).
-VENV ?= .venv
+VENV ?= $(or $(HARNESS_VENV),.venv)
 PY := $(VENV)/bin/python
 OUT ?= runs/tiny
 

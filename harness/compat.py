@@ -11,6 +11,9 @@ asserts CUDA; see `tasks.mmcommon`). Each fix has a test in `tests/test_compat.p
    unreleased main, PR #1670). The local loader is re-registered: a file under a directory the run trusts (its own
    `work_dir`, registered with `trust_checkpoint_dir`) is unpickled, every other file is read with
    `weights_only=True`, so a user-supplied file never runs code.
+2. mmcv-lite (the lock's mmcv) has no compiled `mmcv._ext`; `mmcv_tvops.install()` serves it from torchvision's
+   kernels, here as well as from the venv's `mmcv_tvops.pth`, so an install without that file works for this
+   project's code. A compiled mmcv, where installed, is found first and used.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import os
 from pathlib import Path
 
 import torch
+
+import mmcv_tvops
 
 _TRUSTED_DIRS: set[Path] = set()
 _applied = False
@@ -68,6 +73,7 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    mmcv_tvops.install()
     _register_checkpoint_loader()
     _applied = True
 

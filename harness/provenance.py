@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mmcv_tvops
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # distribution name -> the short name records use
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "mmengine": "mmengine", "mmcv": "mmcv",
@@ -31,13 +33,21 @@ def now() -> str:
 
 
 def package_versions() -> dict[str, str | None]:
+    """Versions of PACKAGES, and `mmcv_ops`: whose kernels mmcv's ops run on ('compiled', 'torchvision', None)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for dist, short in PACKAGES.items():
-        try:
-            out[short] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[short] = None
+        out[short] = _version_or_none(dist)
+    if out["mmcv"] is None:  # mmcv-lite: the same mmcv, without compiled ops
+        out["mmcv"] = _version_or_none("mmcv-lite")
+    out["mmcv_ops"] = mmcv_tvops.backend()
     return out
+
+
+def _version_or_none(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def git_info(root: Path = PROJECT_ROOT) -> dict[str, Any]:

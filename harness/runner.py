@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -297,6 +298,13 @@ def check_log_backend(flag: str | None) -> None:
         raise PlanError(f"{LOG_BACKEND_ENV}={choice} (from the environment): {missing}; or unset {LOG_BACKEND_ENV}")
 
 
+def check_launcher(launcher: str) -> None:
+    """`--launcher slurm` submits through submitit, an optional dependency: say what to install, now."""
+    if launcher == "slurm" and importlib.util.find_spec("submitit") is None:
+        raise PlanError("--launcher slurm: the submitit package is not installed: "
+                        "pip install 'mae-transfer-harness[slurm]' (or pip install submitit)")
+
+
 def resolve_weights(name: str, spec: Any, given: str | None) -> str | None:
     """The local checkpoint of a backbone, without downloading: a given file, the spec's file or the cached URL."""
     from backbones.weights import cached_path
@@ -438,6 +446,7 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
 def build_plan(args: argparse.Namespace) -> Plan:
     """Resolves flags and preset into runs, and checks data, weights, recipes and logging before anything runs."""
     check_log_backend(args.log_backend)
+    check_launcher(args.launcher)
     inp = read_inputs(args)
     out = Path(args.out)
     records = store.latest(store.read_records(out / "records"))

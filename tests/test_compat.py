@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,14 @@ def test_plain_optim_wrapper_on_cpu() -> None:
         with pytest.raises(AssertionError):
             AmpOptimWrapper(optimizer=optimizer, dtype="bfloat16")
     assert optim_wrapper_cfg(dict(type="AdamW", lr=1e-4), None, "cpu")["type"] == "OptimWrapper"
+
+
+def test_mmcv_ext_is_served_without_the_pth(tmp_path: Path) -> None:
+    """An install without mmcv_tvops.pth (`pip install .`): importing harness.compat makes mmcv's ops importable."""
+    code = ("import sys, mmcv_tvops; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if not isinstance(f, mmcv_tvops.ExtFinder)]\n"
+            "import harness.compat, mmcv.ops, mmcv_tvops\n"
+            "print(sum(isinstance(f, mmcv_tvops.ExtFinder) for f in sys.meta_path), mmcv_tvops.backend())")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "1" and out.split()[1] in ("torchvision", "compiled")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness import store
-from harness.runner import exit_reason, worker_command
+from harness.runner import DID_NOT_START, exit_reason, worker_command
+from tests.test_log_backends import _without
 from tests.test_runner import base_args, harness, latest, write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,14 @@ def test_submitit_local_executor(tmp_path, monkeypatch) -> None:
     assert again[recs["scratch_vit_tiny_patch4"]["run_id"]]["attempt"] == recs["scratch_vit_tiny_patch4"]["attempt"]
     assert again[recs["mae_vit_tiny_patch4"]["run_id"]]["attempt"] != recs["mae_vit_tiny_patch4"]["attempt"]
     assert len(store.read_records(out / "records")) == 3
+
+
+def test_slurm_without_submitit_stops_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path, suite="[coco]"), tmp_path / "out"
+    _without(monkeypatch, "submitit")  # the `slurm` extra
+    assert harness(monkeypatch, *base_args(preset, out), "--launcher", "slurm") == DID_NOT_START
+    assert "submitit package is not installed" in capsys.readouterr().err
+    assert not (out / "records").exists()
 
 
 def test_log_backend_reaches_the_worker_env(monkeypatch) -> None:
