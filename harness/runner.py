@@ -5,8 +5,9 @@ Each run has an id hashed from everything that determines its result (backbone s
 protocol, recipe name, version and overrides, seed), a stable work folder `OUT/work/<run_id>/` from which an
 interrupted task resumes, a log `OUT/logs/<run_id>.log`, and result records in `OUT/records/` (`harness.store`).
 A run whose newest record is finished is skipped unless `--force`; a failing run is recorded and the suite goes on.
-The exit status is the number of failed runs (at most 125); 126 means the suite could not start (bad input: the
-message names the flag, file or folder), and nothing ran.
+The exit status is the number of runs that did not finish (failed, blocked by a failed pretraining, or held by another
+live process: a run whose lock a live `harness run` holds is left alone and counted), at most 125; 126 means the suite
+could not start (bad input: the message names the flag, file or folder), and nothing ran.
 
 Launchers reuse existing engines: `local` (one `python -m harness.worker` at a time), `torchrun` (the worker under
 `torch.distributed.run --nproc_per_node N`, ctx.launcher='pytorch') and `slurm` (submitit; `--slurm-cluster local` runs
@@ -624,14 +625,26 @@ def claim(work: Path) -> int | None:
     return fd
 
 
+def finished_meanwhile(plan: Plan, run: Run) -> bool:
+    """Whether the run's newest record, read again now that this process holds the run, is a finished one."""
+    rec = store.latest(r for r in store.read_records(plan.records) if r["run_id"] == run.run_id).get(str(run.run_id))
+    return bool(rec and rec["status"] == "finished")
+
+
 def prepare(plan: Plan, run: Run, launcher: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any], int] | None:
     """Claims the work folder (emptied under --force), writes the log header and the job file of a new attempt.
 
-    None when another `harness run` is running this run now (the run is then 'busy')."""
+    None when another `harness run` is running this run now (the run is then 'busy'), or has finished it since this
+    plan was made ('done'): the plan is read again under the lock, so that no run is ever run twice."""
     work = plan.work_dir(run)
     lock = claim(work)
     if lock is None:
-        run.status, run.error = "busy", f"another process holds {work / '.lock'}"
+        holder = (work / "worker.pid").read_text().strip() if (work / "worker.pid").is_file() else "?"
+        run.status, run.error = "busy", f"another process (worker pid {holder}) holds {work / '.lock'}"
+        return None
+    if not args.force and finished_meanwhile(plan, run):  # another runner finished it after this plan was made
+        os.close(lock)
+        run.status = "done"
         return None
     if args.force:
         for child in work.iterdir():
@@ -660,6 +673,7 @@ def worker_env(args: argparse.Namespace, share: dict[str, str] | None = None) ->
     paths = [str(provenance.PROJECT_ROOT), os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
+    env["HARNESS_RUNNER_PID"] = str(os.getpid())  # harness.worker.PARENT_ENV: the worker exits when this one does
     if args.log_backend:
         env["HARNESS_LOG_BACKEND"] = args.log_backend  # harness.worker.vis_backends() reads it
     env.update(share or {})
@@ -737,7 +751,10 @@ class Active:
 
 
 def start_local(plan: Plan, run: Run, args: argparse.Namespace, share: dict[str, str]) -> Active | None:
-    """Starts the run's worker (directly, or under torchrun) in a session of its own; None when the run is busy."""
+    """Starts the run's worker (directly, or under torchrun) in a session of its own, armed to be killed when this
+    process dies (`harness.worker.die_with_parent`); None when the run is busy or done meanwhile."""
+    from harness.worker import kill_me_with_parent
+
     launcher = "pytorch" if args.launcher == "torchrun" else "none"
     prepared = prepare(plan, run, launcher, args)
     if prepared is None:
@@ -748,7 +765,7 @@ def start_local(plan: Plan, run: Run, args: argparse.Namespace, share: dict[str,
         with open(plan.log(run), "ab") as log:
             proc = subprocess.Popen(worker_command(job_path, args.launcher, args.gpus), stdout=log,
                                     stderr=subprocess.STDOUT, env=worker_env(args, share), start_new_session=True,
-                                    pass_fds=(lock,))
+                                    pass_fds=(lock,), preexec_fn=kill_me_with_parent)
     except BaseException:
         os.close(lock)
         raise
@@ -962,7 +979,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"harness run: interrupted ({name}); run the same command again to resume", file=sys.stderr)
         return 128 + (received[-1] if received else signal.SIGINT)
     print(summary(plan))
-    failed = sum(r.status in ("failed", "blocked") for r in plan.runs)
+    failed = sum(r.status in ("failed", "blocked", "busy") for r in plan.runs)
+    busy = [r for r in plan.runs if r.status == "busy"]
+    if busy:
+        print(f"harness run: {len(busy)} run(s) left alone, held by another live process ({busy[0].error}); "
+              "run the same command again once it has ended", file=sys.stderr)
     if not args.no_report:
         _report(plan, args)
     return min(failed, MAX_FAILED)
