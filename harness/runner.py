@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -436,8 +437,37 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
     return runs
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The numbers, formats and folders of the flags, before anything else is read."""
+    from harness.report import FORMATS
+
+    for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes), ("--slurm-time", args.slurm_time)):
+        if value < 1:
+            raise PlanError(f"{flag} {value}: must be at least 1")
+    bad = [f for f in _split(args.report_format) if f not in FORMATS]
+    if bad or not _split(args.report_format):
+        raise PlanError(f"--report-format {args.report_format!r}: allowed are comma-separated {', '.join(FORMATS)}")
+    check_out(Path(args.out))
+
+
+def check_out(out: Path) -> None:
+    """`--out` is a folder this process may write, or can become one (its nearest existing parent is writable)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PlanError(f"--out {out}: {existing} is a file, not a folder")
+    try:  # a probe, not os.access: a read-only mount refuses even root
+        fd, probe = tempfile.mkstemp(prefix=".harness-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PlanError(f"--out {out}: cannot write in {existing} ({e.strerror})") from None
+
+
 def build_plan(args: argparse.Namespace) -> Plan:
     """Resolves flags and preset into runs, and checks data, weights, recipes and logging before anything runs."""
+    check_flags(args)
     check_log_backend(args.log_backend)
     inp = read_inputs(args)
     out = Path(args.out)
