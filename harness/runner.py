@@ -152,6 +152,7 @@ class Plan:
     runs: list[Run]
     preset: str
     backbone_modules: list[str]
+    backbone_files: list[str] = field(default_factory=list)
     shares: list[dict[str, str]] = field(default_factory=lambda: [{}])  # per concurrent job: its GPUs or threads
 
     @property
@@ -177,6 +178,18 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
             raise PlanError(f"{flag} {item!r} must look like NAME=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2`: at least one seed, each an integer >= 0, none twice (a seed twice would run each run twice)."""
+    items = _split(text)
+    if not items or not all(re.fullmatch(r"\d+", s) for s in items):
+        raise PlanError(f"--seeds {text!r}: allowed are comma-separated integers >= 0, e.g. --seeds 0,1,2")
+    seeds = [int(s) for s in items]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise PlanError(f"--seeds {text!r}: seed {', '.join(map(str, twice))} given twice")
+    return seeds
 
 
 def parse_suite(items: list[str], extra: dict[str, str]) -> list[tuple[str, str]]:
@@ -332,7 +345,8 @@ class Inputs:
 
     preset: Any
     suite: list[tuple[str, str]]
-    specs: dict[str, Any]
+    specs: dict[str, Any]  # by backbone name
+    backbone_files: list[str]  # the backbone YAML files among them, which each worker reads again
     seeds: list[int]
     given: dict[str, str]
     overrides: dict[str, dict[str, Any]]
@@ -358,16 +372,21 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
     backbones = _split(args.backbones) or preset.backbones
     if not backbones:
         raise PlanError(f"no backbones: pass --backbones (preset {preset.name} names none)")
-    specs = {}
+    specs, files = {}, []
     for name in backbones:
         try:
-            specs[name] = get_spec(name)
+            spec = get_spec(name)
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise PlanError(f"--backbones: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    try:
-        seeds = [int(s) for s in _split(args.seeds)] if args.seeds else preset.seeds
-    except ValueError:
-        raise PlanError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+        if spec.name in specs:
+            raise PlanError(f"--backbones: {spec.name} is given twice")
+        specs[spec.name] = spec  # a backbone file's runs, records and rows go by its `name:`, not by its path
+        if name != spec.name:
+            files.append(str(Path(name).resolve()))
+            given_as = {name: spec.name}
+            args.checkpoint = [f"{given_as.get(c.partition('=')[0], c.partition('=')[0])}={c.partition('=')[2]}"
+                               if "=" in c else c for c in args.checkpoint]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else preset.seeds
     given = _pairs(args.checkpoint, "--checkpoint")
     for name in given:
         if name not in specs:
@@ -378,7 +397,7 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
     embedded = preset.data == "embedded" and not args.data_root
     if embedded:
         check_embedded_data()
-    return Inputs(preset=preset, suite=suite, specs=specs, seeds=seeds, given=given,
+    return Inputs(preset=preset, suite=suite, specs=specs, backbone_files=files, seeds=seeds, given=given,
                   overrides=parse_overrides(args.overrides, tasks), recipes=recipes,
                   data="embedded" if embedded else "real",
                   data_roots={} if embedded else check_data(tasks, args.data_root))
@@ -481,7 +500,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     shares = [{}] if args.launcher == "slurm" else machine_shares(
         jobs, args.gpus if args.launcher == "torchrun" else 1, args.device)
     return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name,
-                backbone_modules=list(args.backbone_module), shares=shares)
+                backbone_modules=list(args.backbone_module), backbone_files=inp.backbone_files, shares=shares)
 
 
 def _protocols(task: str, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
@@ -629,6 +648,7 @@ def job_dict(plan: Plan, run: Run, attempt: str, launcher: str, args: argparse.N
                                                 "epochs": run.after.epochs} if run.after else None),
         "work_dir": str(plan.work_dir(run).resolve()), "log": str(plan.log(run).resolve()),
         "records": str(plan.records.resolve()), "backbone_modules": plan.backbone_modules,
+        "backbone_files": plan.backbone_files,
         "allow_pickle": args.trust_checkpoint, "launcher": launcher, "device": args.device,
     }
 

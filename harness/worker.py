@@ -250,10 +250,12 @@ def execute(job: dict[str, Any]) -> int:
     metrics = recipe = extra = failure = None
     error = None
     try:
-        for module in job.get("backbone_modules") or []:
-            from backbones.registry import load_backbone_module
+        from backbones.registry import load_backbone_module, load_backbone_yaml
 
+        for module in job.get("backbone_modules") or []:
             load_backbone_module(module)
+        for file in job.get("backbone_files") or []:  # YAML backbones: registered under their `name:` here too
+            load_backbone_yaml(file)
         device = pick_device(job.get("device", "auto"), job.get("launcher", "none"))
         run = _run_pretrain if job["kind"] == "pretrain" else _run_task
         metrics, recipe, extra = run(job, device)
