@@ -2,8 +2,9 @@
 
 The plan is a list of runs, one per (backbone, task, protocol, seed), after the pretrainings a preset makes itself.
 Each run has an id hashed from everything that determines its result (backbone spec and checkpoint sha256, task,
-protocol, recipe name, version and overrides, seed), a stable work folder `OUT/work/<run_id>/` from which an
-interrupted task resumes, a log `OUT/logs/<run_id>.log`, and result records in `OUT/records/` (`harness.store`).
+protocol, recipe name, version and overrides, seed, the data's content fingerprint: `harness.data.fingerprint`), a
+stable work folder `OUT/work/<run_id>/` from which an interrupted task resumes, a log `OUT/logs/<run_id>.log`, and
+result records in `OUT/records/` (`harness.store`).
 A run whose newest record is finished is skipped unless `--force`; a failing run is recorded and the suite goes on.
 The exit status is the number of runs that did not finish (failed, blocked by a failed pretraining, or held by another
 live process: a run whose lock a live `harness run` holds is left alone and counted), at most 125; 126 means the suite
@@ -113,6 +114,7 @@ class Run:
     overrides: dict[str, Any] = field(default_factory=dict)
     data: str = "embedded"  # embedded | real: part of the id; the path itself is not
     data_root: str | None = None
+    data_fingerprint: str | None = None  # part of the id: the content of the data, wherever it lies
     checkpoint: str | None = None
     sha256: str | None = None
     method: str | None = None  # pretraining method
@@ -130,6 +132,8 @@ class Run:
         ident = {"kind": self.kind, "task": self.task, "target": self.target, "backbone": spec, "seed": self.seed,
                  "recipe": self.recipe, "recipe_version": self.recipe_version, "overrides": self.overrides,
                  "data": self.data, "checkpoint_sha256": self.sha256}
+        if self.data_fingerprint is not None:
+            ident["data_fingerprint"] = self.data_fingerprint
         if self.kind == "pretrain":
             ident.update(method=self.method, epochs=self.epochs)
         else:
@@ -287,13 +291,32 @@ def check_data(tasks: list[str], data_root: str | None) -> dict[str, str]:
     return out
 
 
-def check_embedded_data() -> None:
+def check_embedded_data() -> Path:
+    """The Fashion-MNIST folder every embedded set is made from."""
     from harness.data.fashion_mnist import find_dir
 
     try:
-        find_dir()
+        return find_dir()
     except FileNotFoundError as e:
         raise PlanError(str(e)) from None
+
+
+def data_fingerprints(tasks: list[str], data_roots: dict[str, str], embedded: Path | None) -> dict[str, str]:
+    """Each task's data fingerprint (`harness.data.fingerprint`), by task; 'pretrain' reads in1k's data."""
+    from harness.data.fingerprint import fingerprint
+
+    if embedded is not None:
+        fp = fingerprint(embedded)
+        return {t: fp for t in [*tasks, "pretrain"]}
+    by_root: dict[str, str] = {}
+    out = {}
+    for task, root in data_roots.items():
+        if root not in by_root:
+            by_root[root] = fingerprint(root)
+        out[task] = by_root[root]
+    if "in1k" in out:
+        out["pretrain"] = out["in1k"]
+    return out
 
 
 def check_log_backend(flag: str | None) -> None:
@@ -353,6 +376,7 @@ class Inputs:
     recipes: dict[str, str | None]
     data: str  # embedded | real
     data_roots: dict[str, str]
+    fingerprints: dict[str, str]  # by task ('pretrain' too): the content of what its runs read
 
 
 def read_inputs(args: argparse.Namespace) -> Inputs:
@@ -395,12 +419,12 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
     recipes: dict[str, str | None] = {"*": None, **_pairs([r if "=" in r else f"*={r}" for r in args.recipe],
                                                           "--recipe")}
     embedded = preset.data == "embedded" and not args.data_root
-    if embedded:
-        check_embedded_data()
+    fashion = check_embedded_data() if embedded else None
+    data_roots = {} if embedded else check_data(tasks, args.data_root)
     return Inputs(preset=preset, suite=suite, specs=specs, backbone_files=files, seeds=seeds, given=given,
                   overrides=parse_overrides(args.overrides, tasks), recipes=recipes,
-                  data="embedded" if embedded else "real",
-                  data_roots={} if embedded else check_data(tasks, args.data_root))
+                  data="embedded" if embedded else "real", data_roots=data_roots,
+                  fingerprints=data_fingerprints(tasks, data_roots, fashion))
 
 
 def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, epochs: int | None) -> dict[str, Run]:
@@ -413,7 +437,7 @@ def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, 
         recipe = pre.recipe.format(method=method) if pre.recipe else None
         run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=spec.to_dict(),
                   recipe=recipe, overrides=pre.overrides, data=inp.data, method=method, epochs=epochs or pre.epochs,
-                  data_root=inp.data_roots.get("in1k"))
+                  data_root=inp.data_roots.get("in1k"), data_fingerprint=inp.fingerprints.get("pretrain"))
         if recipe:
             run.recipe_version = recipe_version("pretrain", pre.target, recipe, pre.overrides)
         run.assign_id()
@@ -450,6 +474,7 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
                     run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(), seed=seed,
                               protocol=protocol, recipe=recipe, recipe_version=version,
                               overrides=inp.overrides[task], data=inp.data, data_root=inp.data_roots.get(task),
+                              data_fingerprint=inp.fingerprints.get(task),
                               after=made.get(name), checkpoint=None if name in made else weights[name])
                     _resolve(run, records, sha_cache, args.force)
                     runs.append(run)
@@ -643,7 +668,8 @@ def job_dict(plan: Plan, run: Run, attempt: str, launcher: str, args: argparse.N
         "run_id": run.run_id, "attempt": attempt, "kind": run.kind, "task": run.task, "target": run.target,
         "protocol": run.protocol, "backbone": run.backbone, "backbone_spec": run.spec, "checkpoint": run.checkpoint,
         "checkpoint_sha256": run.sha256, "recipe": run.recipe, "recipe_version": run.recipe_version,
-        "overrides": run.overrides, "seed": run.seed, "data_root": run.data_root, "method": run.method,
+        "overrides": run.overrides, "seed": run.seed, "data_root": run.data_root,
+        "data_fingerprint": run.data_fingerprint, "method": run.method,
         "epochs": run.epochs, "pretrain_run": ({"run_id": run.after.run_id, "method": run.after.method,
                                                 "epochs": run.after.epochs} if run.after else None),
         "work_dir": str(plan.work_dir(run).resolve()), "log": str(plan.log(run).resolve()),

@@ -239,6 +239,7 @@ def build_record(job: dict[str, Any], status: str, *, metrics: dict[str, Any] | 
         **provenance.collect(),
         "wall_time_s": round(wall_time_s, 3), "started_at": started_at, "finished_at": provenance.now(),
         "log": job["log"], "work_dir": job["work_dir"], "data_root": job.get("data_root"),
+        "data_fingerprint": job.get("data_fingerprint"),
     }
 
 
