@@ -142,8 +142,8 @@ _YAML_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (lambda v: v is None or isinstance(v, str), "a string") for k in
        ("url", "sha256", "checkpoint", "license", "paper_name", "description")},
     "arch_kwargs": (lambda v: isinstance(v, dict), "a mapping of timm model arguments"),
-    "img_size": (lambda v: _int(v) and v > 0, "a positive integer (pixels)"),
-    "patch_size": (lambda v: _int(v) and v > 0, "a positive integer (pixels)"),
+    "img_size": (lambda v: _int(v) and v > 0, "a positive integer, in pixels"),
+    "patch_size": (lambda v: _int(v) and v > 0, "a positive integer, in pixels"),
     "pretrain_epochs": (lambda v: v is None or (_int(v) and v >= 0), "an integer >= 0 or null"),
     "layer_decay": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_num, v)), "a list of 3 numbers"),
