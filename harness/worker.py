@@ -367,14 +367,24 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__.splitlines()[0])
     parser.add_argument("job", help="the job file the runner wrote (OUT/work/<run_id>/job.json)")
     args = parser.parse_args(argv)
-    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
-    if os.environ.get("LOCAL_RANK") is not None:  # under torchrun: its agent is the parent to follow
-        parent = os.getppid()
-    die_with_parent(parent)
+    runner = int(os.environ.get(PARENT_ENV) or 0)
+    if runner and runner != os.getppid() and os.environ.get("LOCAL_RANK") is None and not _alive(runner):
+        return 137  # the runner that started this worker died before it got here
+    die_with_parent(os.getppid())  # the runner, or under torchrun its agent (which follows the runner)
     return execute(load_job(args.job))
 
 

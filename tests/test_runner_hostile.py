@@ -282,3 +282,15 @@ def test_version() -> None:
     done = subprocess.run([sys.executable, "-m", "harness", "--version"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("harness 0.") and "git " in done.stdout, done.stderr
+
+
+def test_without_prctl_a_watchdog_kills_the_orphan(tmp_path) -> None:
+    """Off Linux (no parent-death signal) the worker's watchdog thread does it: an orphan is gone within a second."""
+    child = ("import os, sys, time\nimport harness.worker as w\nw.PRCTL = None\nw.die_with_parent(os.getppid())\n"
+             "print('armed', flush=True)\ntime.sleep(60)\n")
+    parent = ("import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+              "stdout=subprocess.PIPE, text=True, start_new_session=True)\np.stdout.readline()\nprint(p.pid)\n")
+    done = subprocess.run([sys.executable, "-c", parent, child], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    orphan = int(done.stdout.split()[0])
+    assert _gone_within(orphan, 5), "the orphan outlived its parent"
