@@ -77,11 +77,17 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _yaml11_float(v: Any) -> Any:
+    """'4e-3' (a string to YAML 1.1, a number to every reader here) -> 0.004."""
+    return float(v) if isinstance(v, str) and _FLOAT_NO_DOT.match(v) else v
+
+
 def _allowed(old: Any, new: Any) -> str | None:
     """None when `new` may replace the recipe's `old`, else what is allowed there. An override keeps the kind of value
     the recipe declares: an integer stays an integer, a number a finite number, a count or rate that is not negative
     in the recipe stays not negative, a flag a boolean, a list a list (of numbers, if it holds numbers). A mapping
     (a value per model size) may be replaced by one value for every size; null (off) replaces no number or flag."""
+    old, new = _yaml11_float(old), _yaml11_float(new)
     sign = " >= 0" if _is_number(old) and old >= 0 else ""
     if isinstance(old, bool):
         return None if isinstance(new, bool) else "true or false"
