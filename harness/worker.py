@@ -3,8 +3,11 @@
 The runner (`harness.runner`) writes the job file and starts this module directly, under `torchrun`, or inside a
 submitit job; its stdout and stderr go to `OUT/logs/<run_id>.log`. The worker calls the task (`module:function` on a
 `tasks.TaskContext`) or a pretraining (`harness.pretrain.pretrain`), then writes the run's result record: finished
-with the metrics, or failed with the error when the task raised. Under several processes only rank 0 writes. A worker
-that dies without a record (a signal, the OOM killer) is recorded as failed by the runner, which sees the exit status.
+with the metrics, or failed with the error when the task raised. A loss that is NaN or infinite (`tasks.NonFiniteLoss`,
+raised by every training loop) fails the run with `failure: {step, loss}`; a non-finite metric fails it too, and a
+failed record keeps no metric. Under several processes only rank 0 writes. A worker dies with the process that started
+it (`die_with_parent`); one that dies without a record (a signal, the OOM killer) is recorded as failed by the runner,
+which sees the exit status.
 
 Optional logging (`harness run --log-backend`, off by default) uses the backends mmengine has: `vis_backends()` for the
 tasks that build an mmengine Runner, `ScalarLog` for the loops of their own (classification, pretraining).
