@@ -246,6 +246,20 @@ def build_record(job: dict[str, Any], status: str, *, metrics: dict[str, Any] | 
     }
 
 
+def load_backbones(job: dict[str, Any]) -> None:
+    """Registers the job's extra backbones here too: modules, and YAML files under their `name:`. Imports the registry
+    (and torch with it) only when there are any."""
+    modules, files = job.get("backbone_modules") or [], job.get("backbone_files") or []
+    if not modules and not files:
+        return
+    from backbones.registry import load_backbone_module, load_backbone_yaml
+
+    for module in modules:
+        load_backbone_module(module)
+    for file in files:
+        load_backbone_yaml(file)
+
+
 def execute(job: dict[str, Any]) -> int:
     """Runs the job and writes its record (rank 0). Returns the exit status: 0 finished, 1 failed."""
     started, t0 = provenance.now(), time.time()
@@ -254,12 +268,7 @@ def execute(job: dict[str, Any]) -> int:
     metrics = recipe = extra = failure = None
     error = None
     try:
-        from backbones.registry import load_backbone_module, load_backbone_yaml
-
-        for module in job.get("backbone_modules") or []:
-            load_backbone_module(module)
-        for file in job.get("backbone_files") or []:  # YAML backbones: registered under their `name:` here too
-            load_backbone_yaml(file)
+        load_backbones(job)
         device = pick_device(job.get("device", "auto"), job.get("launcher", "none"))
         run = _run_pretrain if job["kind"] == "pretrain" else _run_task
         metrics, recipe, extra = run(job, device)
