@@ -162,6 +162,51 @@ def load_backbone_module(module: str) -> None:
 
 
 _YAML_REQUIRED = ("name", "arch", "checkpoint_format")
+# What each YAML key may hold (the BackboneSpec field it fills), and how to say it.
+_YAML_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+       for k in ("name", "arch", "family", "checkpoint_format")},
+    **{k: (lambda v: v is None or isinstance(v, str), "a string") for k in
+       ("url", "sha256", "checkpoint", "license", "paper_name", "description")},
+    "arch_kwargs": (lambda v: isinstance(v, dict), "a mapping of timm model arguments"),
+    "img_size": (lambda v: _int(v) and v > 0, "a positive integer, in pixels"),
+    "patch_size": (lambda v: _int(v) and v > 0, "a positive integer, in pixels"),
+    "pretrain_epochs": (lambda v: v is None or (_int(v) and v >= 0), "an integer >= 0 or null"),
+    "layer_decay": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_num, v)), "a list of 3 numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_num(x) and x > 0 for x in v),
+            "a list of 3 positive numbers"),
+    "dense_taps": (lambda v: isinstance(v, list) and all(_int(x) and x >= 0 for x in v),
+                   "a list of 0-based block indices, e.g. [3, 5, 7, 11]"),
+}
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_yaml_values(data: dict[str, Any], path: Path) -> None:
+    """Every value of a backbone file of the kind its field takes; one message names each bad key."""
+    bad = [f"{k}: {data[k]!r} (allowed: {_YAML_KINDS[k][1]})" for k in data
+           if k in _YAML_KINDS and not _YAML_KINDS[k][0](data[k])]
+    if bad:
+        raise ValueError(f"backbone file {path}: " + "; ".join(bad))
+
+
+def _yaml_checkpoint(given: str, path: Path) -> str:
+    """A backbone file's `checkpoint`: absolute as written, or relative to the file's folder and inside it."""
+    if Path(given).is_absolute():
+        return given
+    folder = path.parent.resolve()
+    resolved = (folder / given).resolve()
+    if not resolved.is_relative_to(folder):
+        raise ValueError(f"backbone file {path}: checkpoint {given!r} resolves to {resolved}, outside the file's "
+                         f"folder {folder}; write an absolute path to use a file elsewhere")
+    return str(resolved)
 
 
 def load_backbone_yaml(path: str | Path) -> str:
@@ -190,11 +235,17 @@ def load_backbone_yaml(path: str | Path) -> str:
         allowed = ", ".join(sorted(fields))
         raise ValueError(f"backbone file {path} has unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
     data.setdefault("family", "custom")
+    _check_yaml_values(data, path)
     for key in ("mean", "std", "dense_taps"):
         if key in data:
             data[key] = tuple(data[key])
-    if data.get("checkpoint") and not Path(data["checkpoint"]).is_absolute():
-        data["checkpoint"] = str((path.parent / data["checkpoint"]).resolve())
+    if data.get("checkpoint"):
+        data["checkpoint"] = _yaml_checkpoint(str(data["checkpoint"]), path)
+    _ensure_builtins()
+    existing = _FACTORIES.get(data["name"])
+    if existing is not None and not existing.__module__.startswith("yaml:"):
+        raise ValueError(f"backbone file {path}: name {data['name']!r} is a backbone of {existing.__module__} "
+                         "already; give the file's entry a name of its own")
     spec = BackboneSpec(**data)
     register_spec(spec, origin=f"yaml:{path}")
     return spec.name

@@ -21,8 +21,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """`harness X.Y.Z (git <commit>[, modified])`: the package's version and, in a git checkout, its commit."""
+    from harness import __version__, provenance
+
+    git = provenance.git_info()
+    commit = git.get("commit")
+    return f"harness {__version__}" + (f" (git {commit[:12]}{', modified' if git.get('dirty') else ''})" if commit
+                                       else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():

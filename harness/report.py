@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,6 +336,12 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
 
     written += _write(ref, out / "reference", formats, f"Published ({PAPER})")
     index.append(f"### Published ({PAPER})\n\n{to_markdown(ref)}")
+    unshown = frame[(frame["status"] == "finished") & (frame["kind"] == "task") & frame["column"].isna()]
+    if not unshown.empty:  # a task the report has no column for, or a run without the metric its column shows
+        tasks = ", ".join(sorted(map(str, unshown["task"].unique())))
+        index.append(f"### Finished runs in no table\n\n{len(unshown)} finished run(s) of {tasks} feed no table: "
+                     "the report has no column for their task or metric.\n\n"
+                     + to_markdown(unshown[["run_id", "task", "protocol", "backbone", "seed", "log"]]))
     failed = frame[frame["status"] == "failed"].drop_duplicates("run_id")
     if not failed.empty:
         index.append("### Failed runs\n\n" + to_markdown(failed[["run_id", "task", "protocol", "backbone", "seed",
@@ -369,14 +376,14 @@ def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, A
 def run(args: argparse.Namespace) -> int:
     source = records_dir(args.runs)
     if not source.is_dir():
-        print(f"harness report: no records folder at {source} (pass --runs OUT of a `harness run`)")
+        print(f"harness report: no records folder at {source} (pass --runs OUT of a `harness run`)", file=sys.stderr)
         return 1
     out = Path(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     try:
         written = write_report(source, out, formats=formats, plots=not args.no_plots)
-    except ValueError as e:
-        print(f"harness report: {e}")
+    except (ValueError, OSError) as e:
+        print(f"harness report: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {out}")
     print((out / "README.md").read_text())

@@ -2,11 +2,13 @@
 
 The plan is a list of runs, one per (backbone, task, protocol, seed), after the pretrainings a preset makes itself.
 Each run has an id hashed from everything that determines its result (backbone spec and checkpoint sha256, task,
-protocol, recipe name, version and overrides, seed), a stable work folder `OUT/work/<run_id>/` from which an
-interrupted task resumes, a log `OUT/logs/<run_id>.log`, and result records in `OUT/records/` (`harness.store`).
+protocol, recipe name, version and overrides, seed, the data's content fingerprint: `harness.data.fingerprint`), a
+stable work folder `OUT/work/<run_id>/` from which an interrupted task resumes, a log `OUT/logs/<run_id>.log`, and
+result records in `OUT/records/` (`harness.store`).
 A run whose newest record is finished is skipped unless `--force`; a failing run is recorded and the suite goes on.
-The exit status is the number of failed runs (at most 125); 126 means the suite could not start (bad input: the
-message names the flag, file or folder), and nothing ran.
+The exit status is the number of runs that did not finish (failed, blocked by a failed pretraining, or held by another
+live process: a run whose lock a live `harness run` holds is left alone and counted), at most 125; 126 means the suite
+could not start (bad input: the message names the flag, file or folder), and nothing ran.
 
 Launchers reuse existing engines: `local` (one `python -m harness.worker` at a time), `torchrun` (the worker under
 `torch.distributed.run --nproc_per_node N`, ctx.launcher='pytorch') and `slurm` (submitit; `--slurm-cluster local` runs
@@ -25,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -112,6 +115,7 @@ class Run:
     overrides: dict[str, Any] = field(default_factory=dict)
     data: str = "embedded"  # embedded | real: part of the id; the path itself is not
     data_root: str | None = None
+    data_fingerprint: str | None = None  # part of the id: the content of the data, wherever it lies
     checkpoint: str | None = None
     sha256: str | None = None
     method: str | None = None  # pretraining method
@@ -129,6 +133,8 @@ class Run:
         ident = {"kind": self.kind, "task": self.task, "target": self.target, "backbone": spec, "seed": self.seed,
                  "recipe": self.recipe, "recipe_version": self.recipe_version, "overrides": self.overrides,
                  "data": self.data, "checkpoint_sha256": self.sha256}
+        if self.data_fingerprint is not None:
+            ident["data_fingerprint"] = self.data_fingerprint
         if self.kind == "pretrain":
             ident.update(method=self.method, epochs=self.epochs)
         else:
@@ -151,6 +157,7 @@ class Plan:
     runs: list[Run]
     preset: str
     backbone_modules: list[str]
+    backbone_files: list[str] = field(default_factory=list)
     shares: list[dict[str, str]] = field(default_factory=lambda: [{}])  # per concurrent job: its GPUs or threads
 
     @property
@@ -176,6 +183,18 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
             raise PlanError(f"{flag} {item!r} must look like NAME=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2`: at least one seed, each an integer >= 0, none twice (a seed twice would run each run twice)."""
+    items = _split(text)
+    if not items or not all(re.fullmatch(r"\d+", s) for s in items):
+        raise PlanError(f"--seeds {text!r}: allowed are comma-separated integers >= 0, e.g. --seeds 0,1,2")
+    seeds = [int(s) for s in items]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise PlanError(f"--seeds {text!r}: seed {', '.join(map(str, twice))} given twice")
+    return seeds
 
 
 def parse_suite(items: list[str], extra: dict[str, str]) -> list[tuple[str, str]]:
@@ -273,13 +292,32 @@ def check_data(tasks: list[str], data_root: str | None) -> dict[str, str]:
     return out
 
 
-def check_embedded_data() -> None:
+def check_embedded_data() -> Path:
+    """The Fashion-MNIST folder every embedded set is made from."""
     from harness.data.fashion_mnist import find_dir
 
     try:
-        find_dir()
+        return find_dir()
     except FileNotFoundError as e:
         raise PlanError(str(e)) from None
+
+
+def data_fingerprints(tasks: list[str], data_roots: dict[str, str], embedded: Path | None) -> dict[str, str]:
+    """Each task's data fingerprint (`harness.data.fingerprint`), by task; 'pretrain' reads in1k's data."""
+    from harness.data.fingerprint import fingerprint
+
+    if embedded is not None:
+        fp = fingerprint(embedded)
+        return {t: fp for t in [*tasks, "pretrain"]}
+    by_root: dict[str, str] = {}
+    out = {}
+    for task, root in data_roots.items():
+        if root not in by_root:
+            by_root[root] = fingerprint(root)
+        out[task] = by_root[root]
+    if "in1k" in out:
+        out["pretrain"] = out["in1k"]
+    return out
 
 
 def check_log_backend(flag: str | None) -> None:
@@ -338,13 +376,15 @@ class Inputs:
 
     preset: Any
     suite: list[tuple[str, str]]
-    specs: dict[str, Any]
+    specs: dict[str, Any]  # by backbone name
+    backbone_files: list[str]  # the backbone YAML files among them, which each worker reads again
     seeds: list[int]
     given: dict[str, str]
     overrides: dict[str, dict[str, Any]]
     recipes: dict[str, str | None]
     data: str  # embedded | real
     data_roots: dict[str, str]
+    fingerprints: dict[str, str]  # by task ('pretrain' too): the content of what its runs read
 
 
 def read_inputs(args: argparse.Namespace) -> Inputs:
@@ -364,16 +404,21 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
     backbones = _split(args.backbones) or preset.backbones
     if not backbones:
         raise PlanError(f"no backbones: pass --backbones (preset {preset.name} names none)")
-    specs = {}
+    specs, files = {}, []
     for name in backbones:
         try:
-            specs[name] = get_spec(name)
+            spec = get_spec(name)
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise PlanError(f"--backbones: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    try:
-        seeds = [int(s) for s in _split(args.seeds)] if args.seeds else preset.seeds
-    except ValueError:
-        raise PlanError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+        if spec.name in specs:
+            raise PlanError(f"--backbones: {spec.name} is given twice")
+        specs[spec.name] = spec  # a backbone file's runs, records and rows go by its `name:`, not by its path
+        if name != spec.name:
+            files.append(str(Path(name).resolve()))
+            given_as = {name: spec.name}
+            args.checkpoint = [f"{given_as.get(c.partition('=')[0], c.partition('=')[0])}={c.partition('=')[2]}"
+                               if "=" in c else c for c in args.checkpoint]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else preset.seeds
     given = _pairs(args.checkpoint, "--checkpoint")
     for name in given:
         if name not in specs:
@@ -382,12 +427,12 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
     recipes: dict[str, str | None] = {"*": None, **_pairs([r if "=" in r else f"*={r}" for r in args.recipe],
                                                           "--recipe")}
     embedded = preset.data == "embedded" and not args.data_root
-    if embedded:
-        check_embedded_data()
-    return Inputs(preset=preset, suite=suite, specs=specs, seeds=seeds, given=given,
+    fashion = check_embedded_data() if embedded else None
+    data_roots = {} if embedded else check_data(tasks, args.data_root)
+    return Inputs(preset=preset, suite=suite, specs=specs, backbone_files=files, seeds=seeds, given=given,
                   overrides=parse_overrides(args.overrides, tasks), recipes=recipes,
-                  data="embedded" if embedded else "real",
-                  data_roots={} if embedded else check_data(tasks, args.data_root))
+                  data="embedded" if embedded else "real", data_roots=data_roots,
+                  fingerprints=data_fingerprints(tasks, data_roots, fashion))
 
 
 def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, epochs: int | None) -> dict[str, Run]:
@@ -400,7 +445,7 @@ def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, 
         recipe = pre.recipe.format(method=method) if pre.recipe else None
         run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=spec.to_dict(),
                   recipe=recipe, overrides=pre.overrides, data=inp.data, method=method, epochs=epochs or pre.epochs,
-                  data_root=inp.data_roots.get("in1k"))
+                  data_root=inp.data_roots.get("in1k"), data_fingerprint=inp.fingerprints.get("pretrain"))
         if recipe:
             run.recipe_version = recipe_version("pretrain", pre.target, recipe, pre.overrides)
         run.assign_id()
@@ -437,14 +482,44 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
                     run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(), seed=seed,
                               protocol=protocol, recipe=recipe, recipe_version=version,
                               overrides=inp.overrides[task], data=inp.data, data_root=inp.data_roots.get(task),
+                              data_fingerprint=inp.fingerprints.get(task),
                               after=made.get(name), checkpoint=None if name in made else weights[name])
                     _resolve(run, records, sha_cache, args.force)
                     runs.append(run)
     return runs
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The numbers, formats and folders of the flags, before anything else is read."""
+    from harness.report import FORMATS
+
+    for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes), ("--slurm-time", args.slurm_time)):
+        if value < 1:
+            raise PlanError(f"{flag} {value}: must be at least 1")
+    bad = [f for f in _split(args.report_format) if f not in FORMATS]
+    if bad or not _split(args.report_format):
+        raise PlanError(f"--report-format {args.report_format!r}: allowed are comma-separated {', '.join(FORMATS)}")
+    check_out(Path(args.out))
+
+
+def check_out(out: Path) -> None:
+    """`--out` is a folder this process may write, or can become one (its nearest existing parent is writable)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PlanError(f"--out {out}: {existing} is a file, not a folder")
+    try:  # a probe, not os.access: a read-only mount refuses even root
+        fd, probe = tempfile.mkstemp(prefix=".harness-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PlanError(f"--out {out}: cannot write in {existing} ({e.strerror})") from None
+
+
 def build_plan(args: argparse.Namespace) -> Plan:
     """Resolves flags and preset into runs, and checks data, weights, recipes and logging before anything runs."""
+    check_flags(args)
     check_log_backend(args.log_backend)
     check_launcher(args.launcher)
     inp = read_inputs(args)
@@ -459,7 +534,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     shares = [{}] if args.launcher == "slurm" else machine_shares(
         jobs, args.gpus if args.launcher == "torchrun" else 1, args.device)
     return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name,
-                backbone_modules=list(args.backbone_module), shares=shares)
+                backbone_modules=list(args.backbone_module), backbone_files=inp.backbone_files, shares=shares)
 
 
 def _protocols(task: str, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
@@ -602,11 +677,13 @@ def job_dict(plan: Plan, run: Run, attempt: str, launcher: str, args: argparse.N
         "run_id": run.run_id, "attempt": attempt, "kind": run.kind, "task": run.task, "target": run.target,
         "protocol": run.protocol, "backbone": run.backbone, "backbone_spec": run.spec, "checkpoint": run.checkpoint,
         "checkpoint_sha256": run.sha256, "recipe": run.recipe, "recipe_version": run.recipe_version,
-        "overrides": run.overrides, "seed": run.seed, "data_root": run.data_root, "method": run.method,
+        "overrides": run.overrides, "seed": run.seed, "data_root": run.data_root,
+        "data_fingerprint": run.data_fingerprint, "method": run.method,
         "epochs": run.epochs, "pretrain_run": ({"run_id": run.after.run_id, "method": run.after.method,
                                                 "epochs": run.after.epochs} if run.after else None),
         "work_dir": str(plan.work_dir(run).resolve()), "log": str(plan.log(run).resolve()),
         "records": str(plan.records.resolve()), "backbone_modules": plan.backbone_modules,
+        "backbone_files": plan.backbone_files,
         "allow_pickle": args.trust_checkpoint, "launcher": launcher, "device": args.device,
     }
 
@@ -633,14 +710,26 @@ def claim(work: Path) -> int | None:
     return fd
 
 
+def finished_meanwhile(plan: Plan, run: Run) -> bool:
+    """Whether the run's newest record, read again now that this process holds the run, is a finished one."""
+    rec = store.latest(r for r in store.read_records(plan.records) if r["run_id"] == run.run_id).get(str(run.run_id))
+    return bool(rec and rec["status"] == "finished")
+
+
 def prepare(plan: Plan, run: Run, launcher: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any], int] | None:
     """Claims the work folder (emptied under --force), writes the log header and the job file of a new attempt.
 
-    None when another `harness run` is running this run now (the run is then 'busy')."""
+    None when another `harness run` is running this run now (the run is then 'busy'), or has finished it since this
+    plan was made ('done'): the plan is read again under the lock, so that no run is ever run twice."""
     work = plan.work_dir(run)
     lock = claim(work)
     if lock is None:
-        run.status, run.error = "busy", f"another process holds {work / '.lock'}"
+        holder = (work / "worker.pid").read_text().strip() if (work / "worker.pid").is_file() else "?"
+        run.status, run.error = "busy", f"another process (worker pid {holder}) holds {work / '.lock'}"
+        return None
+    if not args.force and finished_meanwhile(plan, run):  # another runner finished it after this plan was made
+        os.close(lock)
+        run.status = "done"
         return None
     if args.force:
         for child in work.iterdir():
@@ -669,6 +758,7 @@ def worker_env(args: argparse.Namespace, share: dict[str, str] | None = None) ->
     paths = [str(provenance.PROJECT_ROOT), os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
+    env["HARNESS_RUNNER_PID"] = str(os.getpid())  # harness.worker.PARENT_ENV: the worker exits when this one does
     if args.log_backend:
         env["HARNESS_LOG_BACKEND"] = args.log_backend  # harness.worker.vis_backends() reads it
     env.update(share or {})
@@ -746,7 +836,10 @@ class Active:
 
 
 def start_local(plan: Plan, run: Run, args: argparse.Namespace, share: dict[str, str]) -> Active | None:
-    """Starts the run's worker (directly, or under torchrun) in a session of its own; None when the run is busy."""
+    """Starts the run's worker (directly, or under torchrun) in a session of its own, armed to be killed when this
+    process dies (`harness.worker.die_with_parent`); None when the run is busy or done meanwhile."""
+    from harness.worker import kill_me_with_parent
+
     launcher = "pytorch" if args.launcher == "torchrun" else "none"
     prepared = prepare(plan, run, launcher, args)
     if prepared is None:
@@ -757,7 +850,7 @@ def start_local(plan: Plan, run: Run, args: argparse.Namespace, share: dict[str,
         with open(plan.log(run), "ab") as log:
             proc = subprocess.Popen(worker_command(job_path, args.launcher, args.gpus), stdout=log,
                                     stderr=subprocess.STDOUT, env=worker_env(args, share), start_new_session=True,
-                                    pass_fds=(lock,))
+                                    pass_fds=(lock,), preexec_fn=kill_me_with_parent)
     except BaseException:
         os.close(lock)
         raise
@@ -971,7 +1064,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"harness run: interrupted ({name}); run the same command again to resume", file=sys.stderr)
         return 128 + (received[-1] if received else signal.SIGINT)
     print(summary(plan))
-    failed = sum(r.status in ("failed", "blocked") for r in plan.runs)
+    failed = sum(r.status in ("failed", "blocked", "busy") for r in plan.runs)
+    busy = [r for r in plan.runs if r.status == "busy"]
+    if busy:
+        print(f"harness run: {len(busy)} run(s) left alone, held by another live process ({busy[0].error}); "
+              "run the same command again once it has ended", file=sys.stderr)
     if not args.no_report:
         _report(plan, args)
     return min(failed, MAX_FAILED)

@@ -2,8 +2,9 @@
 
 A record file is `RECORDS/<run_id>.<UTC stamp>.<attempt>.json`; the attempt id is unique per process that writes, so
 any number of writers (jobs of one suite, several suites on one folder, ranks) never touch the same file. A file
-appears complete or not at all: it is written to a temporary name in the same folder, flushed with fsync and moved
-into place with `os.replace` (atomic on POSIX), then the folder is synced. A re-run writes a new record; readers take
+appears complete or not at all: it is written to a temporary name in the same folder, flushed with fsync and linked
+to its name with `os.link` (atomic on POSIX, and it fails rather than replace an existing file), then the folder is
+synced. A re-run writes a new record; readers take
 the newest record of each run id (`latest`), so earlier results stay on disk as history.
 """
 
@@ -56,8 +57,6 @@ def write_record(folder: str | Path, record: dict[str, Any]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / record_name(record)
-    if dest.exists():
-        raise FileExistsError(f"record {dest} exists already; every attempt needs its own attempt id")
     text = json.dumps(record, indent=1, sort_keys=True, default=str)
     tmp = folder / f"{_TMP_PREFIX}{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
@@ -65,7 +64,10 @@ def write_record(folder: str | Path, record: dict[str, Any]) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        try:
+            os.link(tmp, dest)  # atomic, and fails if dest exists: a record is never replaced, not even in a race
+        except FileExistsError:
+            raise FileExistsError(f"record {dest} exists already; every attempt needs its own attempt id") from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(folder)

@@ -3,8 +3,11 @@
 The runner (`harness.runner`) writes the job file and starts this module directly, under `torchrun`, or inside a
 submitit job; its stdout and stderr go to `OUT/logs/<run_id>.log`. The worker calls the task (`module:function` on a
 `tasks.TaskContext`) or a pretraining (`harness.pretrain.pretrain`), then writes the run's result record: finished
-with the metrics, or failed with the error when the task raised. Under several processes only rank 0 writes. A worker
-that dies without a record (a signal, the OOM killer) is recorded as failed by the runner, which sees the exit status.
+with the metrics, or failed with the error when the task raised. A loss that is NaN or infinite (`tasks.NonFiniteLoss`,
+raised by every training loop) fails the run with `failure: {step, loss}`; a non-finite metric fails it too, and a
+failed record keeps no metric. Under several processes only rank 0 writes. A worker dies with the process that started
+it (`die_with_parent`); one that dies without a record (a signal, the OOM killer) is recorded as failed by the runner,
+which sees the exit status.
 
 Optional logging (`harness run --log-backend`, off by default) uses the backends mmengine has: `vis_backends()` for the
 tasks that build an mmengine Runner, `ScalarLog` for the loops of their own (classification, pretraining).
@@ -16,6 +19,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -25,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import provenance, store
+from tasks import NonFiniteLoss
 
+PARENT_ENV = "HARNESS_RUNNER_PID"  # the runner's pid: a worker exits when that process is gone
 # Keys of a job file (written by `harness.runner.Run.job`).
 JOB_KEYS = ("run_id", "attempt", "kind", "task", "target", "backbone", "work_dir", "log", "records")
 
@@ -208,9 +214,20 @@ def _json_number(v: Any) -> Any:
         return v
 
 
+def nonfinite_metrics(metrics: dict[str, Any]) -> list[str]:
+    """The metrics that are numbers but NaN or infinite: such a run measured nothing."""
+    out = []
+    for key, value in metrics.items():
+        number = _json_number(value)
+        if isinstance(number, float) and not math.isfinite(number):
+            out.append(f"{key}={number}")
+    return out
+
+
 def build_record(job: dict[str, Any], status: str, *, metrics: dict[str, Any] | None = None,
                  recipe: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, error: str | None = None,
-                 started_at: str, wall_time_s: float, world_size: int = 1) -> dict[str, Any]:
+                 failure: dict[str, Any] | None = None, started_at: str, wall_time_s: float,
+                 world_size: int = 1) -> dict[str, Any]:
     """The result record of one attempt: what ran, what it measured, and where and with what it ran."""
     return {
         "run_id": job["run_id"], "attempt": job["attempt"], "status": status, "kind": job["kind"],
@@ -220,12 +237,27 @@ def build_record(job: dict[str, Any], status: str, *, metrics: dict[str, Any] | 
         "overrides": job.get("overrides") or {}, "seed": job.get("seed", 0),
         "backbone": {"name": job["backbone"], "spec": job.get("backbone_spec"), "checkpoint": job.get("checkpoint"),
                      "sha256": job.get("checkpoint_sha256"), "pretrain": job.get("pretrain_run")},
-        "method": job.get("method"), "extra": extra or {}, "error": error,
+        "method": job.get("method"), "extra": extra or {}, "error": error, "failure": failure,
         "launcher": job.get("launcher", "none"), "world_size": world_size,
         **provenance.collect(),
         "wall_time_s": round(wall_time_s, 3), "started_at": started_at, "finished_at": provenance.now(),
         "log": job["log"], "work_dir": job["work_dir"], "data_root": job.get("data_root"),
+        "data_fingerprint": job.get("data_fingerprint"),
     }
+
+
+def load_backbones(job: dict[str, Any]) -> None:
+    """Registers the job's extra backbones here too: modules, and YAML files under their `name:`. Imports the registry
+    (and torch with it) only when there are any."""
+    modules, files = job.get("backbone_modules") or [], job.get("backbone_files") or []
+    if not modules and not files:
+        return
+    from backbones.registry import load_backbone_module, load_backbone_yaml
+
+    for module in modules:
+        load_backbone_module(module)
+    for file in files:
+        load_backbone_yaml(file)
 
 
 def execute(job: dict[str, Any]) -> int:
@@ -233,24 +265,27 @@ def execute(job: dict[str, Any]) -> int:
     started, t0 = provenance.now(), time.time()
     Path(job["work_dir"]).mkdir(parents=True, exist_ok=True)
     print(f"[harness.worker] run {job['run_id']} attempt {job['attempt']} pid {os.getpid()} rank {rank()}", flush=True)
-    metrics = recipe = extra = None
+    metrics = recipe = extra = failure = None
     error = None
     try:
-        for module in job.get("backbone_modules") or []:
-            from backbones.registry import load_backbone_module
-
-            load_backbone_module(module)
+        load_backbones(job)
         device = pick_device(job.get("device", "auto"), job.get("launcher", "none"))
         run = _run_pretrain if job["kind"] == "pretrain" else _run_task
         metrics, recipe, extra = run(job, device)
+        bad = nonfinite_metrics(metrics)
+        if bad:
+            raise FloatingPointError(f"non-finite metrics {', '.join(bad)}: the run measured nothing")
+    except NonFiniteLoss as e:  # the loop stopped at the step: the record says where, and keeps no metric
+        traceback.print_exc()
+        error, failure, metrics = f"{type(e).__name__}: {e}", {"step": e.step, "loss": str(e.loss)}, None
     except Exception as e:  # any failure of the task is a result to record, not a crash of the suite
         traceback.print_exc()
-        error = f"{type(e).__name__}: {e}"
+        error, metrics = f"{type(e).__name__}: {e}", None
     status = "failed" if error else "finished"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if rank() == 0:
-        rec = build_record(job, status, metrics=metrics, recipe=recipe, extra=extra, error=error, started_at=started,
-                           wall_time_s=time.time() - t0, world_size=world)
+        rec = build_record(job, status, metrics=metrics, recipe=recipe, extra=extra, error=error, failure=failure,
+                           started_at=started, wall_time_s=time.time() - t0, world_size=world)
         path = store.write_record(job["records"], rec)
         print(f"[harness.worker] {status}: record {path}", flush=True)
     sys.stdout.flush()
@@ -296,10 +331,72 @@ def _num_tasks() -> int:
         return 1
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once (so that a child between fork and exec only calls it), or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+PRCTL = _prctl()
+
+
+def kill_me_with_parent() -> bool:
+    """Asks the kernel to SIGKILL this process when the thread that started it dies (Linux). False when it cannot."""
+    import signal
+
+    return PRCTL is not None and PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker never outlives what started it (the runner, or torchrun under it): a killed runner would otherwise
+    leave it running unattended, holding the run's lock. The kernel's parent-death signal where there is one, else a
+    thread that watches the parent id and kills this process group (the worker's session: its data loaders too)."""
+    import signal
+    import threading
+
+    if kill_me_with_parent():
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(137)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__.splitlines()[0])
     parser.add_argument("job", help="the job file the runner wrote (OUT/work/<run_id>/job.json)")
     args = parser.parse_args(argv)
+    runner = int(os.environ.get(PARENT_ENV) or 0)
+    if runner and runner != os.getppid() and os.environ.get("LOCAL_RANK") is None and not _alive(runner):
+        return 137  # the runner that started this worker died before it got here
+    die_with_parent(os.getppid())  # the runner, or under torchrun its agent (which follows the runner)
     return execute(load_job(args.job))
 
 

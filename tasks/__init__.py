@@ -21,6 +21,16 @@ TASKS: dict[str, str] = {
 }
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A training loop met a loss that is NaN or infinite: the run stops there and is recorded as failed, with the
+    step and the loss (`harness.worker`). Every loop raises this one type: the mmengine tasks through
+    `tasks.mmcommon.NonFiniteLossHook`, classification and pretraining in their own loops."""
+
+    def __init__(self, step: int, loss: float, hint: str = "lower the lr or check the data") -> None:
+        super().__init__(f"loss is {loss} at step {step}; {hint}")
+        self.step, self.loss = int(step), float(loss)
+
+
 @dataclass
 class TaskContext:
     """Everything a task needs for one run. Recipes are resolved by the task (`tasks.recipes.load_recipe`)."""

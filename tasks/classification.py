@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 from harness.worker import ScalarLog
-from tasks import TaskContext, TaskResult
+from tasks import NonFiniteLoss, TaskContext, TaskResult
 from tasks.cost import CostMeter
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def train_one_epoch(model: Classifier, wrapped: nn.Module, loader: DataLoader, o
                 loss = criterion(wrapped(z), y)
             (loss / accum).backward()
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at micro batch {i}; lower the lr or check the data")
+            raise NonFiniteLoss(first_update + updates + 1, loss.item())
         total, count = total + loss.item(), count + 1
         if last:
             if cfg.get("clip_grad"):

@@ -10,6 +10,7 @@ Stable interface for `tasks.detection` and `tasks.segmentation`; change a signat
 * `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None)`, `poly_schedule(warmup_iters, max_iters, ...)`
 * `runtime_cfg(ctx, scope, max_iters, val_interval, checkpoint_interval, log_interval)`
 * `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`
+* `nonfinite_loss_hook()` (every runner of `build_runner` has it)
 
 Configs are plain dicts of registered type names (COMPAT.md: class objects break mmengine's config dump), with
 `custom_imports` written in; the adapter is also imported here before building, because `Runner.from_cfg` on a dict
@@ -18,13 +19,14 @@ ignores `custom_imports`.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import TaskContext
+from tasks import NonFiniteLoss, TaskContext
 
 if TYPE_CHECKING:
     from tasks.cost import CostMeter
@@ -190,8 +192,26 @@ def latest_checkpoint(work_dir: str | Path) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
+def nonfinite_loss_hook() -> Any:
+    """An mmengine hook that stops training at the first iteration whose loss is not finite, raising
+    `tasks.NonFiniteLoss` with the iteration and the loss (mmengine would go on and validate a NaN model)."""
+    from mmengine.hooks import Hook
+
+    class NonFiniteLossHook(Hook):
+        priority = "VERY_HIGH"
+
+        def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+            loss = (outputs or {}).get("loss")
+            value = float(loss) if loss is not None else 0.0
+            if not math.isfinite(value):
+                raise NonFiniteLoss(runner.iter + 1, value)
+
+    return NonFiniteLossHook()
+
+
 def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
-    """An mmengine Runner from a config dict; checkpoints under `work_dir` (the run's own) may be unpickled."""
+    """An mmengine Runner from a config dict, stopping at a non-finite loss; checkpoints under `work_dir` (the run's
+    own) may be unpickled."""
     import_adapter()
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -200,7 +220,9 @@ def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     trust_checkpoint_dir(work_dir)
-    return Runner.from_cfg(Config(cfg, format_python_code=False))  # yapf formatting costs seconds per runner
+    runner = Runner.from_cfg(Config(cfg, format_python_code=False))  # yapf formatting costs seconds per runner
+    runner.register_hook(nonfinite_loss_hook())
+    return runner
 
 
 def attach_cost_meter(runner: Any, device: str) -> CostMeter:

@@ -3,12 +3,14 @@
 A recipe file holds `version` (bumped whenever a value changes what a run measures; it is part of the run id) and any
 nested settings. `include: base.yaml` (or a list) merges the named files first, then this file on top. Overrides are
 dotted keys (`optim.lr=1e-3`) applied last; an override of a key that no recipe level defines is an error, so a typo
-cannot silently do nothing.
+cannot silently do nothing, and so is a value of another kind than the recipe's (`_allowed`: an integer for an integer,
+a finite number for a number, not negative where the recipe's is not), so that a bad value fails while planning.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,49 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like key.sub=value")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        reason = str(getattr(e, "problem", None) or e).strip()
+        raise ValueError(f"value {value!r} is not valid YAML ({reason}); quote a string, write a list as [1, 2]") \
+            from None
     if isinstance(parsed, str) and _FLOAT_NO_DOT.match(parsed):  # YAML 1.1 reads 4e-3 as a string
         parsed = float(parsed)
     return key.strip(), parsed
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _yaml11_float(v: Any) -> Any:
+    """'4e-3' (a string to YAML 1.1, a number to every reader here) -> 0.004."""
+    return float(v) if isinstance(v, str) and _FLOAT_NO_DOT.match(v) else v
+
+
+def _allowed(old: Any, new: Any) -> str | None:
+    """None when `new` may replace the recipe's `old`, else what is allowed there. An override keeps the kind of value
+    the recipe declares: an integer stays an integer, a number a finite number, a count or rate that is not negative
+    in the recipe stays not negative, a flag a boolean, a list a list (of numbers, if it holds numbers). A mapping
+    (a value per model size) may be replaced by one value for every size; null (off) replaces no number or flag."""
+    old, new = _yaml11_float(old), _yaml11_float(new)
+    sign = " >= 0" if _is_number(old) and old >= 0 else ""
+    if isinstance(old, bool):
+        return None if isinstance(new, bool) else "true or false"
+    if isinstance(old, int):
+        ok = isinstance(new, int) and not isinstance(new, bool) and (not sign or new >= 0)
+        return None if ok else f"an integer{sign}"
+    if isinstance(old, float):
+        ok = _is_number(new) and math.isfinite(new) and (not sign or new >= 0)
+        return None if ok else f"a finite number{sign}"
+    if isinstance(old, str):
+        return None if new is None or isinstance(new, str) else "a string (or null)"
+    if isinstance(old, list):
+        if new is not None and not isinstance(new, list):
+            return "a list, e.g. [1, 2] (or null)"
+        if new and old and all(_is_number(v) for v in old) and not all(_is_number(v) for v in new):
+            return "a list of numbers"
+    return None
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
@@ -77,6 +118,9 @@ def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: s
             node = node[p]
         if leaf not in node:
             raise KeyError(f"override {dotted!r}: {source} has no key {leaf!r} (known: {', '.join(sorted(node))})")
+        allowed = _allowed(node[leaf], value)
+        if allowed:
+            raise ValueError(f"override {dotted}={value!r}: {source} has {node[leaf]!r} there; allowed: {allowed}")
         node[leaf] = value
     return out
 

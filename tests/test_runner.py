@@ -108,7 +108,7 @@ def test_a_run_held_by_another_process_is_left_alone(tmp_path, monkeypatch, caps
     with open(out / "work" / rec["run_id"] / ".lock", "w") as held:  # as a second `harness run` working on it
         fcntl.flock(held, fcntl.LOCK_EX)
         capsys.readouterr()
-        assert harness(monkeypatch, *args, "--force") == 0
+        assert harness(monkeypatch, *args, "--force") == 1  # a run left alone is not a success
         assert "running elsewhere" in capsys.readouterr().out
         assert len(list((out / "records").glob("*.json"))) == 1
         assert (out / "work" / rec["run_id"] / "state.json").is_file()  # --force did not empty a folder in use

@@ -32,6 +32,25 @@ def test_never_rewritten(tmp_path: Path) -> None:
         store.write_record(tmp_path, rec)  # same attempt, same stamp: refuses rather than replaces
 
 
+def test_never_rewritten_even_when_the_name_appears_while_writing(tmp_path: Path, monkeypatch) -> None:
+    """Another writer's file appearing between the temporary file and its move (the race of exists-then-rename) is
+    kept, and this writer is refused."""
+    rec = _rec("abc")
+    dest = tmp_path / store.record_name(rec)
+    real_fsync = store.os.fsync
+
+    def fsync_then_race(fd: int) -> None:
+        real_fsync(fd)
+        if not dest.exists():
+            dest.write_text('{"theirs": 1}')
+
+    monkeypatch.setattr(store.os, "fsync", fsync_then_race)
+    with pytest.raises(FileExistsError):
+        store.write_record(tmp_path, rec)
+    assert json.loads(dest.read_text()) == {"theirs": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name]  # no temporary file left
+
+
 @pytest.mark.parametrize("bad", [{"status": "done"}, {"run_id": None}])
 def test_bad_records_refused(tmp_path: Path, bad: dict) -> None:
     rec = {**_rec("abc"), **bad}

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from harness.worker import ScalarLog
+from tasks import NonFiniteLoss
 
 CHECKPOINT = "checkpoint-last.pth"
 LOG = "log.jsonl"
@@ -189,7 +190,7 @@ def train(
                         loss = loss_fn(batch, t)
                     value = loss.item()
                     if not math.isfinite(value):
-                        raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {step}; stopping")
+                        raise NonFiniteLoss(epoch * steps + step, value, f"epoch {epoch}; lower the lr")
                     scaler.scale(loss / cfg.accum_iter).backward()
                     if (step + 1) % cfg.accum_iter == 0:
                         _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
