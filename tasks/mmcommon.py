@@ -7,7 +7,8 @@ Stable interface for `tasks.detection` and `tasks.segmentation`; change a signat
 * `use_cuda(device)`, `world_size(launcher)`, `per_gpu_batch(total, launcher, key)`
 * `backbone_cfg(ctx, img_size, pyramid, drop_path_rate, window_size, global_blocks, taps, scale_factors, rel_pos)`
 * `data_preprocessor_stats(backbone)`
-* `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None)`, `poly_schedule(warmup_iters, max_iters, ...)`
+* `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None, decay_rule='mmseg')`,
+  `poly_schedule(warmup_iters, max_iters, ...)`
 * `runtime_cfg(ctx, scope, max_iters, val_interval, checkpoint_interval, log_interval)`
 * `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`
 
@@ -107,10 +108,15 @@ def backbone_cfg(
 
 
 def optim_wrapper_cfg(
-    optimizer: dict[str, Any], layer_decay: float | None, device: str, clip_grad: dict[str, Any] | None = None
+    optimizer: dict[str, Any],
+    layer_decay: float | None,
+    device: str,
+    clip_grad: dict[str, Any] | None = None,
+    decay_rule: str = "mmseg",
 ) -> dict[str, Any]:
     """bf16 autocast (`AmpOptimWrapper`) on CUDA, a plain `OptimWrapper` on CPU (AmpOptimWrapper asserts CUDA);
-    layer-wise lr decay through `HarnessLayerDecayOptimizerConstructor` when `layer_decay` is set."""
+    layer-wise lr decay through `HarnessLayerDecayOptimizerConstructor` when `layer_decay` is set, with the weight
+    decay and layer ids of `decay_rule` ('mmseg': ADE20K's reference, 'detectron2': COCO's; `backbones.mm`)."""
     cfg: dict[str, Any] = dict(type="OptimWrapper", optimizer=dict(optimizer))
     if use_cuda(device):
         cfg.update(type="AmpOptimWrapper", dtype="bfloat16")
@@ -118,7 +124,7 @@ def optim_wrapper_cfg(
         cfg["clip_grad"] = dict(clip_grad)
     if layer_decay is not None:
         cfg["constructor"] = "HarnessLayerDecayOptimizerConstructor"
-        cfg["paramwise_cfg"] = dict(layer_decay_rate=float(layer_decay))
+        cfg["paramwise_cfg"] = dict(layer_decay_rate=float(layer_decay), decay_rule=decay_rule)
     return cfg
 
 
