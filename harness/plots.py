@@ -155,7 +155,8 @@ def write_plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[s
     labels = {c: column_label(c) for c in set(frame["column"].dropna())}
     written: list[Path] = []
     for stem, table, recipe, part, present in table_parts(summary):
-        written += bar_chart(part, present, labels, table_title(table, recipe), out / stem)
+        title = table_title(table, recipe, summary.attrs.get("in1k_top1", "last"))
+        written += bar_chart(part, present, labels, title, out / stem)
     written += trend_charts(frame, labels, out)
     latest = store.latest(records).values()
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
