@@ -10,7 +10,8 @@ Stable interface for `tasks.detection` and `tasks.segmentation`; change a signat
 * `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None, decay_rule='mmseg')`,
   `poly_schedule(warmup_iters, max_iters, ...)`
 * `runtime_cfg(ctx, scope, max_iters, val_interval, checkpoint_interval, log_interval)`
-* `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`
+* `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`,
+  `cudnn_benchmark_off_in_eval()`
 
 Configs are plain dicts of registered type names (COMPAT.md: class objects break mmengine's config dump), with
 `custom_imports` written in; the adapter is also imported here before building, because `Runner.from_cfg` on a dict
@@ -206,9 +207,45 @@ def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
     return Runner.from_cfg(Config(cfg, format_python_code=False))  # yapf formatting costs seconds per runner
 
 
+def cudnn_benchmark_off_in_eval() -> Any:
+    """A hook that turns `torch.backends.cudnn.benchmark` off while validating or testing, and back after.
+
+    Training runs under bf16 autocast, evaluation in fp32 (mmengine's `ValLoop` default). With benchmarking on, cuDNN
+    times every fp32 convolution algorithm the first time it sees a shape, FFT ones included, each with a workspace
+    as large as the free GPU memory allows (the UPerHead's 3x3 convs at stride 4, e.g. 768 -> 768 channels on a 128 x
+    128 map, ask for tens of GB): the evaluation's peak then grows with the GPU rather than with the model. cuDNN's
+    heuristics pick an algorithm without that search. The features do not depend on the choice beyond float rounding.
+    """
+    from mmengine.hooks import Hook
+
+    class CudnnBenchmarkOffInEval(Hook):
+        priority = "VERY_HIGH"
+
+        def __init__(self) -> None:
+            self.saved: bool | None = None
+
+        def _off(self, runner: Any) -> None:
+            import torch
+
+            self.saved = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = False
+
+        def _restore(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+            import torch
+
+            if self.saved is not None:
+                torch.backends.cudnn.benchmark, self.saved = self.saved, None
+
+        before_val = before_test = _off
+        after_val = after_test = _restore
+
+    return CudnnBenchmarkOffInEval()
+
+
 def train_and_validate(runner: Any) -> dict[str, float]:
     """Trains (resuming when work_dir holds a checkpoint) and returns the last validation's metrics; a run that was
-    already complete is only validated."""
+    already complete is only validated. Evaluation runs without cuDNN's benchmark search
+    (`cudnn_benchmark_off_in_eval`)."""
     from mmengine.hooks import Hook
 
     class LastMetricsHook(Hook):
@@ -222,6 +259,7 @@ def train_and_validate(runner: Any) -> dict[str, float]:
 
     hook = LastMetricsHook()
     runner.register_hook(hook)
+    runner.register_hook(cudnn_benchmark_off_in_eval())
     runner.train()
     if hook.metrics is None or runner.iter % runner.train_loop.val_interval:
         hook.metrics = dict(runner.val())

@@ -205,3 +205,41 @@ def test_simple_pyramid_trains(data_root: Path, tmp_path: Path) -> None:
     result = seg.run(ctx)
     _check_metrics(result.metrics)
     assert result.extra["pyramid"] == "simple" and result.extra["load_report"]["pretrained"] is False
+
+
+# --- evaluation memory ---
+
+
+def test_evaluation_runs_without_cudnn_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's benchmark search over fp32 convolutions (evaluation is fp32, training bf16) allocates workspaces as
+    large as the free GPU memory: validation runs with it off, training with the runner's setting."""
+    import torch
+
+    from tasks import mmcommon
+
+    seen: dict[str, bool] = {}
+
+    class FakeRunner:
+        iter, train_loop = 4, type("Loop", (), {"val_interval": 4})
+
+        def __init__(self) -> None:
+            self.hooks: list = []
+
+        def register_hook(self, hook: object) -> None:
+            self.hooks.append(hook)
+
+        def _each(self, name: str, *args: object) -> None:
+            for h in self.hooks:
+                getattr(h, name, lambda *a: None)(self, *args)
+
+        def train(self) -> None:
+            seen["train"] = torch.backends.cudnn.benchmark
+            self._each("before_val")
+            seen["val"] = torch.backends.cudnn.benchmark
+            self._each("after_val_epoch", {"mIoU": 1.0})
+            self._each("after_val")
+            seen["after"] = torch.backends.cudnn.benchmark
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    assert mmcommon.train_and_validate(FakeRunner()) == {"mIoU": 1.0}
+    assert seen == {"train": True, "val": False, "after": True}
