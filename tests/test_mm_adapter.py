@@ -466,6 +466,17 @@ def test_mae_vit_b_layout_loads_into_the_ade20k_backbone(mae_vit_b_layout: tuple
     assert keys == (kept - fresh) | set(report["removed"])  # every checkpoint key loaded or named as removed
 
 
+def test_mae_vit_b_layout_loads_into_the_coco_backbone(mae_vit_b_layout: tuple[Path, set[str]]) -> None:
+    path, keys = mae_vit_b_layout
+    with torch.device("meta"):
+        model = mm.HarnessViT("mae_vit_base_patch16", checkpoint=str(path), img_size=(1024, 1024), pyramid="simple",
+                              window_size=14, global_blocks=(2, 5, 8, 11), rel_pos="decomposed")  # fmt: skip
+    fresh = {f"blocks.{i}.attn.rel_pos_{a}" for i in range(VIT_B_DEPTH) for a in "hw"}
+    assert set(model.load_report["initialised_fresh"]) == fresh and model.load_report["skipped"] == []
+    kept = set(model.vit.state_dict())
+    assert keys == (kept - fresh) | set(model.load_report["removed"])
+
+
 def _vit_b_expected(name: str, rule: str) -> tuple[int, bool]:
     """(layer id, no weight decay) of a ViT-B segmentor's parameter, written out from each reference's code."""
     local = name.removeprefix("backbone.vit.") if name.startswith("backbone.vit.") else None
