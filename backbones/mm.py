@@ -35,11 +35,13 @@ from backbones.registry import get_spec
 
 SCALE_FACTORS = (4.0, 2.0, 1.0, 0.5)
 PYRAMIDS = ("simple", "taps")
+PYRAMID_NORMS = ("bn", "syncbn", "ln")  # the x4 branch's norm; None picks the pyramid's published one
+PUBLISHED_NORM = {"taps": "bn", "simple": "ln"}  # mmseg Feature2Pyramid (SyncBN in its configs); ViTDet
 REL_POS = ("decomposed", "table")  # relative position bias modes of `RelPosAttention`
 _KNOWN_SCALES = (4.0, 2.0, 1.0, 0.5)
 # Modules of a classifier that a dense backbone never uses: removed so that DDP sees no parameter without a gradient.
 _UNUSED_TOP_MODULES = ("norm", "fc_norm", "head")
-_NO_WEIGHT_DECAY = ("cls_token", "reg_token", "dist_token", "mask_token", "pos_embed", "relative_position_bias_table")
+DECAY_RULES = ("mmseg", "detectron2")  # weight-decay and layer-id rules of `HarnessLayerDecayOptimizerConstructor`
 
 
 @lru_cache(maxsize=32)
@@ -80,16 +82,24 @@ def pyramid_strides(backbone: str, scale_factors: Sequence[float] = SCALE_FACTOR
     return [int(s) if float(s).is_integer() else s for s in strides]
 
 
-def _rescale(dim: int, scale: float, pyramid: str) -> nn.Module:
-    """x4: two stride-2 transposed convs with LayerNorm2d + GELU between; x2: one; x1: identity; x0.5: max-pool."""
+def _norm2d(norm: str, channels: int) -> nn.Module:
     from timm.layers import LayerNorm2d
 
+    if norm == "ln":
+        return LayerNorm2d(channels)
+    return nn.SyncBatchNorm(channels) if norm == "syncbn" else nn.BatchNorm2d(channels)
+
+
+def _rescale(dim: int, scale: float, pyramid: str, norm: str) -> nn.Module:
+    """x4: two stride-2 transposed convs (with bias) with a norm + GELU between; x2: one; x1: identity; x0.5:
+    max-pool. The norm is mmseg's `Feature2Pyramid`'s BatchNorm (SyncBN under DDP) for 'taps', ViTDet's LayerNorm for
+    'simple'."""
     scale = float(scale)
     if scale == 4.0:
         mid = dim // 2 if pyramid == "simple" else dim
         out = _out_channels(dim, pyramid, scale)
         return nn.Sequential(
-            nn.ConvTranspose2d(dim, mid, 2, 2), LayerNorm2d(mid), nn.GELU(), nn.ConvTranspose2d(mid, out, 2, 2)
+            nn.ConvTranspose2d(dim, mid, 2, 2), _norm2d(norm, mid), nn.GELU(), nn.ConvTranspose2d(mid, out, 2, 2)
         )
     if scale == 2.0:
         return nn.ConvTranspose2d(dim, _out_channels(dim, pyramid, scale), 2, 2)
@@ -261,6 +271,8 @@ class HarnessViT(BaseModule):
         global_blocks: Sequence[int] | None = (),
         rel_pos: str | None = None,
         window_pos: str = "interpolate",
+        pyramid_norm: str | None = None,
+        layer_scale: float | None = None,
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
@@ -272,6 +284,7 @@ class HarnessViT(BaseModule):
             backbone, checkpoint=checkpoint, img_size=size, drop_path_rate=drop_path_rate, allow_pickle=allow_pickle
         )
         depth, dim = len(self.vit.blocks), int(self.vit.embed_dim)
+        self.depth = depth  # layer-decay depth L: the architecture's, also when blocks past the last tap are dropped
         self.taps = self._resolve_taps(pyramid, taps, spec.dense_taps, depth, len(scale_factors), backbone)
         self.window_size, self.global_blocks = int(window_size), tuple(int(b) for b in global_blocks or ())
         if self.window_size and not getattr(self.vit, "dynamic_img_size", False):
@@ -284,7 +297,8 @@ class HarnessViT(BaseModule):
             )
         self.window_pos = window_pos
         self.pyramid, self.scale_factors = pyramid, tuple(float(s) for s in scale_factors)
-        self.scales = nn.ModuleList(_rescale(dim, s, pyramid) for s in self.scale_factors)
+        self.pyramid_norm = self._check_norm(pyramid_norm, pyramid)
+        self.scales = nn.ModuleList(_rescale(dim, s, pyramid, self.pyramid_norm) for s in self.scale_factors)
         self.out_channels = [_out_channels(dim, pyramid, s) for s in self.scale_factors]
         self.strides = [int(p) if p.is_integer() else p for p in (spec.patch_size / s for s in self.scale_factors)]
         removed = self._remove_unused(depth)
@@ -292,7 +306,9 @@ class HarnessViT(BaseModule):
         self.rel_pos = rel_pos or None
         added = self._add_rel_pos(backbone) if self.rel_pos else []
         self._rel_pos_added = bool(added)
-        report["initialised_fresh"] = [*report.get("initialised_fresh", []), *added]
+        self.layer_scale = None if layer_scale is None else float(layer_scale)
+        scaled = self._add_layer_scale(backbone) if self.layer_scale is not None else []
+        report["initialised_fresh"] = [*report.get("initialised_fresh", []), *added, *scaled]
         self.load_report = {
             "backbone": backbone,
             "checkpoint": self.vit.checkpoint_path,
@@ -317,6 +333,32 @@ class HarnessViT(BaseModule):
                 f"(spec dense_taps={tuple(dense_taps)})"
             )
         return taps
+
+    @staticmethod
+    def _check_norm(norm: str | None, pyramid: str) -> str:
+        norm = norm or PUBLISHED_NORM[pyramid]
+        if norm not in PYRAMID_NORMS:
+            raise ValueError(f"pyramid_norm must be one of {', '.join(PYRAMID_NORMS)} or null, got {norm!r}")
+        return norm
+
+    def _add_layer_scale(self, backbone: str) -> list[str]:
+        """Gives every kept block without one BEiT's learnable per-channel scale on both residual branches (timm's
+        `LayerScale`, `ls1.gamma` / `ls2.gamma`) at `self.layer_scale` (mmseg's MAE config: `init_values=1.0`, so
+        the loaded model computes the same features until fine-tuning moves it); returns the new parameters' names.
+        Blocks with a scale of their own (BEiT's `gamma_1`, timm's `ls1`) keep it."""
+        from timm.layers import LayerScale
+
+        names = []
+        for i, blk in enumerate(self.vit.blocks):
+            ls1 = getattr(blk, "ls1", None)
+            if getattr(blk, "gamma_1", None) is not None or (ls1 is not None and not isinstance(ls1, nn.Identity)):
+                continue  # a scale of its own
+            if ls1 is None:
+                raise ValueError(f"layer_scale needs timm ViT blocks; {backbone!r} has {type(blk).__name__}")
+            dim = int(self.vit.embed_dim)
+            blk.ls1, blk.ls2 = LayerScale(dim, self.layer_scale), LayerScale(dim, self.layer_scale)
+            names += [f"blocks.{i}.ls1.gamma", f"blocks.{i}.ls2.gamma"]
+        return names
 
     def _remove_unused(self, depth: int) -> list[str]:
         """Drops the classifier's final norm/head and the blocks after the last tap: no output depends on them."""
@@ -359,16 +401,11 @@ class HarnessViT(BaseModule):
             windowed = self.window_size and i not in self.global_blocks
             blk.attn.grid = (0, self.window_size, self.window_size) if windowed else (self.vit.num_prefix_tokens, h, w)
 
-    @property
-    def num_layers(self) -> int:
-        """Layer-decay depth L: embeddings are layer 0, blocks 1..L, everything after L + 1."""
-        return len(self.vit.blocks)
-
     def init_weights(self) -> None:
         # BaseModule.init_weights would recurse into the timm model and re-run its init over the loaded weights.
-        # Only the pyramid is new: PyTorch's default init for its transposed convs, unit LayerNorm2d.
+        # Only the pyramid is new: PyTorch's default init for its transposed convs, unit norms (as mmseg's neck).
         for module in self.scales.modules():
-            if isinstance(module, nn.ConvTranspose2d | nn.LayerNorm):
+            if isinstance(module, nn.ConvTranspose2d | nn.LayerNorm | nn.modules.batchnorm._BatchNorm):
                 module.reset_parameters()
         self._is_init = True
 
@@ -451,44 +488,104 @@ def _find_harness_vit(model: nn.Module) -> tuple[str, HarnessViT]:
     return found[0]
 
 
-def layer_ids(model: nn.Module) -> dict[str, int]:
-    """Layer id of every parameter of `model`: 0 embeddings, 1..L the blocks, L + 1 everything else (pyramid, neck,
-    heads), with the ViT's own grouping (timm `group_matcher`, which also places BEiT's shared rel-pos bias)."""
-    from timm.models import group_parameters
-
+def _vit_prefix(model: nn.Module) -> tuple[str, HarnessViT]:
     prefix, backbone = _find_harness_vit(model)
-    vit_prefix = f"{prefix}.vit." if prefix else "vit."
-    depth = backbone.num_layers
-    vit_ids = group_parameters(backbone.vit, backbone.vit.group_matcher(coarse=False), reverse=True)
-    ids = {}
-    for name, _ in model.named_parameters():
-        local = name[len(vit_prefix) :] if name.startswith(vit_prefix) else None
-        ids[name] = min(vit_ids.get(local, depth + 1), depth + 1) if local is not None else depth + 1
-    return ids
+    return (f"{prefix}.vit." if prefix else "vit."), backbone
+
+
+def _layer_id(local: str | None, depth: int, rule: str) -> int:
+    """Layer id of a parameter named `local` inside the ViT (None: outside it) under a reference's rule:
+    embeddings 0, block i at i + 1, everything else (final norms, shared tables, pyramid, neck, heads) at L + 1.
+
+    * 'mmseg' (`mmseg/engine/optimizers/layer_decay_optimizer_constructor.py`, `get_layer_id_for_vit`; BEiT's
+      `semantic_segmentation/mmcv_custom/layer_decay_optimizer_constructor.py` the same): `cls_token`, `mask_token`,
+      `pos_embed` and `patch_embed.*` are 0.
+    * 'detectron2' (`detectron2/modeling/backbone/vit.py`, `get_vit_lr_decay_rate`): only `pos_embed` and
+      `patch_embed.*` are 0; a class token (ViTDet has none) would train at the full lr.
+    """
+    if local is None:
+        return depth + 1
+    embeddings = ("pos_embed",) if rule == "detectron2" else ("cls_token", "mask_token", "pos_embed")
+    if local in embeddings or local.startswith("patch_embed."):
+        return 0
+    if local.startswith("blocks."):
+        return int(local.split(".")[1]) + 1
+    return depth + 1
+
+
+# detectron2 `get_default_optimizer_params`: the module types whose parameters take `weight_decay_norm`.
+_TORCH_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
+                nn.LocalResponseNorm)  # fmt: skip
+
+
+def _no_decay_mmseg(name: str, param: nn.Parameter) -> bool:
+    """mmseg's `LearningRateDecayOptimizerConstructor.add_params`: 1-D parameters and `.bias` are not decayed. Its
+    exemption of `name in ('pos_embed', 'cls_token')` tests the segmentor's full names (`backbone.pos_embed`), so it
+    never matches: the class token, the position embedding and the relative position bias tables are decayed."""
+    return param.ndim == 1 or name.endswith(".bias")
+
+
+def _no_decay_detectron2(local: str, owner: nn.Module, in_vit: bool) -> bool:
+    """ViTDet's `configs/common/optim.py` AdamW (`weight_decay_norm=0.0`) with the COCO configs'
+    `overrides={"pos_embed": {"weight_decay": 0.0}}` through `get_default_optimizer_params`: only parameters of torch
+    norm modules and `pos_embed` are not decayed; biases (`weight_decay_bias` unset), rel-pos tables and tokens are.
+    ViTDet builds every LayerNorm outside the ViT (pyramid, FPN convs, box and mask heads) from detectron2's own
+    `LayerNorm`, which is not a `torch.nn.LayerNorm` and so is decayed: LayerNorms outside the ViT are decayed here."""
+    if local == "pos_embed":
+        return True
+    if isinstance(owner, nn.LayerNorm):
+        return in_vit
+    return isinstance(owner, _TORCH_NORMS)
+
+
+def param_rules(model: nn.Module, rule: str) -> dict[str, tuple[int, bool]]:
+    """(layer id, no weight decay) of every trainable parameter of a model holding one `HarnessViT`, under `rule`
+    ('mmseg' or 'detectron2', see `_layer_id`, `_no_decay_mmseg`, `_no_decay_detectron2`)."""
+    if rule not in DECAY_RULES:
+        raise ValueError(f"paramwise_cfg decay_rule must be one of {', '.join(DECAY_RULES)}, not {rule!r}")
+    vit_prefix, backbone = _vit_prefix(model)
+    rules = {}
+    for module_name, module in model.named_modules():
+        for short, param in module.named_parameters(recurse=False):
+            name = f"{module_name}.{short}" if module_name else short
+            if not param.requires_grad or name in rules:
+                continue
+            local = name[len(vit_prefix) :] if name.startswith(vit_prefix) else None
+            if rule == "mmseg":
+                no_wd = _no_decay_mmseg(name, param)
+            else:
+                no_wd = _no_decay_detectron2(local or short, module, local is not None)
+            rules[name] = (_layer_id(local, backbone.depth, rule), no_wd)
+    return rules
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class HarnessLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise lr decay (BEiT, Bao et al. 2021; MAE `util/lr_decay.py`): layer i of a depth-L ViT trains at
-    lr * decay ** (L + 1 - i); no weight decay on norms, biases, tokens and position embeddings.
+    """Layer-wise lr decay (BEiT, Bao et al. 2021): layer i of a depth-L ViT trains at lr * decay ** (L + 1 - i), with
+    L the backbone's depth (mmseg's `num_layers`, detectron2's `num_layers`), and weight decay by the rule of the
+    reference code the task follows:
 
-    `paramwise_cfg=dict(layer_decay_rate=0.65)`; the depth is read from the model's `HarnessViT`.
+    * `decay_rule='mmseg'` (ADE20K, the MAE/BEiT UperNet): no decay on 1-D parameters and biases only;
+    * `decay_rule='detectron2'` (COCO, ViTDet): no decay on the ViT's norms, other torch norms, and `pos_embed`.
+
+    `paramwise_cfg=dict(layer_decay_rate=0.65, decay_rule='mmseg')`; the depth is read from the model's `HarnessViT`.
     """
 
     def add_params(self, params: list[dict], module: nn.Module, prefix: str = "", is_dcn_module: Any = None) -> None:
-        decay = float(self.paramwise_cfg.get("layer_decay_rate", 1.0))
-        unknown = sorted(set(self.paramwise_cfg) - {"layer_decay_rate"})
+        unknown = sorted(set(self.paramwise_cfg) - {"layer_decay_rate", "decay_rule"})
         if unknown:
             raise KeyError(f"HarnessLayerDecayOptimizerConstructor: unknown paramwise_cfg key(s) {', '.join(unknown)}")
-        ids = layer_ids(module)
-        top = max(ids.values())
+        if "decay_rule" not in self.paramwise_cfg:
+            raise KeyError(f"HarnessLayerDecayOptimizerConstructor: paramwise_cfg needs decay_rule ({DECAY_RULES})")
+        decay = float(self.paramwise_cfg.get("layer_decay_rate", 1.0))
+        rules = param_rules(module, self.paramwise_cfg["decay_rule"])
+        top = _vit_prefix(module)[1].depth + 1
         base_wd = self.base_wd or 0.0
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         for name, param in module.named_parameters():
-            if not param.requires_grad:
+            if name not in rules:
                 continue
-            no_wd = param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_WEIGHT_DECAY
-            layer = ids[name]
+            layer, no_wd = rules[name]
             scale = decay ** (top - layer)
             group = groups.setdefault(
                 (layer, no_wd),

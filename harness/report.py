@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("md", "csv", "tex")
+TOP1 = ("last", "best")  # which epoch's IN1K top-1 a table shows: the last (default) or the best (MAE's logs)
 BASELINE_FAMILY = "supervised"
 
 
@@ -94,6 +95,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results", help="where to write (default: results/)")
     parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: md, csv, tex")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--in1k-top1", choices=TOP1, default="last",
+                        help="IN1K tables show the last epoch's top-1 (default) or the best epoch's")
 
 
 # --- reading ---
@@ -104,8 +107,11 @@ def records_dir(runs: str | Path) -> Path:
     return runs / "records" if (runs / "records").is_dir() else runs
 
 
-def _metric(metrics: dict[str, Any], column: Column) -> float | None:
-    for key in column.metrics:
+def _metric(metrics: dict[str, Any], column: Column, top1: str = "last") -> float | None:
+    """The column's value in a record's metrics; with `top1='best'` an IN1K column reads the best epoch's top-1
+    (`top1_best`), and a run that did not record it has no value rather than its last epoch's."""
+    keys = ("top1_best",) if top1 == "best" and column.task == "in1k" else column.metrics
+    for key in keys:
         value = metrics.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value) * SCALE.get(key, 1.0)
@@ -132,8 +138,9 @@ def _pretrain_epochs(backbone: dict[str, Any], latest: dict[str, dict[str, Any]]
     return pre.get("epochs") or resolved or (backbone.get("spec") or {}).get("pretrain_epochs")
 
 
-def flatten(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (run, column) the run feeds, plus one row per run without a value (failed, unknown task)."""
+def flatten(records: list[dict[str, Any]], top1: str = "last") -> pd.DataFrame:
+    """One row per (run, column) the run feeds, plus one row per run without a value (failed, unknown task); IN1K
+    columns hold the `top1` ('last' or 'best') epoch's top-1."""
     import pandas as pd
 
     from harness import store
@@ -156,7 +163,7 @@ def flatten(records: list[dict[str, Any]]) -> pd.DataFrame:
         for col in COLUMNS:
             if rec.get("task") != col.task or (col.protocol and rec.get("protocol") != col.protocol):
                 continue
-            value = _metric(rec.get("metrics") or {}, col) if rec["status"] == "finished" else None
+            value = _metric(rec.get("metrics") or {}, col, top1) if rec["status"] == "finished" else None
             if value is not None:
                 rows.append({**base, "column": column_key(col, rec), "value": value})
                 fed = True
@@ -219,8 +226,9 @@ def fmt_delta(delta: float, digits: int = 1) -> str:
     return "" if delta is None or math.isnan(delta) else f"{delta:+.{digits}f}"
 
 
-def table_title(table: str, recipe: str) -> str:
-    return TITLES[table] + (f", recipe {recipe}" if recipe else "")
+def table_title(table: str, recipe: str, top1: str = "last") -> str:
+    epoch = f", {top1} epoch" if table == "in1k" else ""
+    return TITLES[table] + epoch + (f", recipe {recipe}" if recipe else "")
 
 
 def table_parts(summary: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame, list[str]]]:
@@ -308,25 +316,29 @@ TITLES = {"in1k": "ImageNet-1K top-1 (%)", "coco": "COCO Mask R-CNN AP (%)", "ad
 
 
 def write_report(records: str | Path, out: str | Path, formats: list[str] | tuple[str, ...] = FORMATS,
-                 plots: bool = True) -> list[Path]:
-    """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written."""
+                 plots: bool = True, top1: str = "last") -> list[Path]:
+    """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
+    tables show the `top1` ('last' or 'best') epoch's top-1 and say which in their title."""
     from harness import results
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
+    if top1 not in TOP1:
+        raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recs = results.read_compact(records_dir(records))
-    frame = flatten(recs)
+    frame = flatten(recs, top1)
     summary = summarize(frame)
+    summary.attrs["in1k_top1"] = top1
     written: list[Path] = []
     index = ["# Results\n", f"{len(frame['run_id'].unique())} runs in {records_dir(records)}: "
              f"{(frame.drop_duplicates('run_id')['status'] == 'finished').sum()} finished, "
              f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
              "Cells: mean ± sample std over seeds (n); Δ: difference of the means to the supervised backbone of the "
              "same architecture and recipe.\n"]
-    titles = {stem: table_title(table, recipe) for stem, table, recipe, _, _ in table_parts(summary)}
+    titles = {stem: table_title(table, recipe, top1) for stem, table, recipe, _, _ in table_parts(summary)}
     for name, table in tables(summary).items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
@@ -365,7 +377,8 @@ def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, A
     labels = {c: column_label(c) for c in set(frame["column"].dropna())}
     bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
     for _, table, recipe, part, present in table_parts(summary):
-        bars.setdefault(table, []).append((table_title(table, recipe), part, present))
+        bars.setdefault(table, []).append((table_title(table, recipe, summary.attrs.get("in1k_top1", "last")), part,
+                                           present))
     latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
     figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
@@ -381,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     try:
-        written = write_report(source, out, formats=formats, plots=not args.no_plots)
+        written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1)
     except (ValueError, OSError) as e:
         print(f"harness report: {e}", file=sys.stderr)
         return 2

@@ -305,7 +305,8 @@ def build_config(ctx: TaskContext, recipe: dict[str, Any], root: Path, layout: C
         val_dataloader=_dataloader(root, "val", layout.classes, test_pipeline, data["val_batch_size"],
                                    data["num_workers"]),
         val_evaluator=dict(type="CocoMetric", ann_file=str(ann_file(root, "val")), metric=["bbox", "segm"]),
-        optim_wrapper=mmcommon.optim_wrapper_cfg(optimizer, opt["layer_decay"], ctx.device, clip_grad=clip),
+        optim_wrapper=mmcommon.optim_wrapper_cfg(optimizer, opt["layer_decay"], ctx.device, clip_grad=clip,
+                                                 decay_rule="detectron2"),
         param_scheduler=[
             dict(type="LinearLR", start_factor=sched["warmup_factor"], by_epoch=False, begin=0,
                  end=sched["warmup_iters"]),

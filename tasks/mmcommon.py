@@ -7,9 +7,11 @@ Stable interface for `tasks.detection` and `tasks.segmentation`; change a signat
 * `use_cuda(device)`, `world_size(launcher)`, `per_gpu_batch(total, launcher, key)`
 * `backbone_cfg(ctx, img_size, pyramid, drop_path_rate, window_size, global_blocks, taps, scale_factors, rel_pos)`
 * `data_preprocessor_stats(backbone)`
-* `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None)`, `poly_schedule(warmup_iters, max_iters, ...)`
+* `optim_wrapper_cfg(optimizer, layer_decay, device, clip_grad=None, decay_rule='mmseg')`,
+  `poly_schedule(warmup_iters, max_iters, ...)`
 * `runtime_cfg(ctx, scope, max_iters, val_interval, checkpoint_interval, log_interval)`
-* `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`
+* `latest_checkpoint(work_dir)`, `build_runner(cfg, work_dir)`, `train_and_validate(runner) -> dict`,
+  `cudnn_benchmark_off_in_eval()`
 * `nonfinite_loss_hook()` (every runner of `build_runner` has it)
 
 Configs are plain dicts of registered type names (COMPAT.md: class objects break mmengine's config dump), with
@@ -112,10 +114,15 @@ def backbone_cfg(
 
 
 def optim_wrapper_cfg(
-    optimizer: dict[str, Any], layer_decay: float | None, device: str, clip_grad: dict[str, Any] | None = None
+    optimizer: dict[str, Any],
+    layer_decay: float | None,
+    device: str,
+    clip_grad: dict[str, Any] | None = None,
+    decay_rule: str = "mmseg",
 ) -> dict[str, Any]:
     """bf16 autocast (`AmpOptimWrapper`) on CUDA, a plain `OptimWrapper` on CPU (AmpOptimWrapper asserts CUDA);
-    layer-wise lr decay through `HarnessLayerDecayOptimizerConstructor` when `layer_decay` is set."""
+    layer-wise lr decay through `HarnessLayerDecayOptimizerConstructor` when `layer_decay` is set, with the weight
+    decay and layer ids of `decay_rule` ('mmseg': ADE20K's reference, 'detectron2': COCO's; `backbones.mm`)."""
     cfg: dict[str, Any] = dict(type="OptimWrapper", optimizer=dict(optimizer))
     if use_cuda(device):
         cfg.update(type="AmpOptimWrapper", dtype="bfloat16")
@@ -123,7 +130,7 @@ def optim_wrapper_cfg(
         cfg["clip_grad"] = dict(clip_grad)
     if layer_decay is not None:
         cfg["constructor"] = "HarnessLayerDecayOptimizerConstructor"
-        cfg["paramwise_cfg"] = dict(layer_decay_rate=float(layer_decay))
+        cfg["paramwise_cfg"] = dict(layer_decay_rate=float(layer_decay), decay_rule=decay_rule)
     return cfg
 
 
@@ -234,9 +241,45 @@ def attach_cost_meter(runner: Any, device: str) -> CostMeter:
     return meter
 
 
+def cudnn_benchmark_off_in_eval() -> Any:
+    """A hook that turns `torch.backends.cudnn.benchmark` off while validating or testing, and back after.
+
+    Training runs under bf16 autocast, evaluation in fp32 (mmengine's `ValLoop` default). With benchmarking on, cuDNN
+    times every fp32 convolution algorithm the first time it sees a shape, FFT ones included, each with a workspace
+    as large as the free GPU memory allows (the UPerHead's 3x3 convs at stride 4, e.g. 768 -> 768 channels on a 128 x
+    128 map, ask for tens of GB): the evaluation's peak then grows with the GPU rather than with the model. cuDNN's
+    heuristics pick an algorithm without that search. The features do not depend on the choice beyond float rounding.
+    """
+    from mmengine.hooks import Hook
+
+    class CudnnBenchmarkOffInEval(Hook):
+        priority = "VERY_HIGH"
+
+        def __init__(self) -> None:
+            self.saved: bool | None = None
+
+        def _off(self, runner: Any) -> None:
+            import torch
+
+            self.saved = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = False
+
+        def _restore(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+            import torch
+
+            if self.saved is not None:
+                torch.backends.cudnn.benchmark, self.saved = self.saved, None
+
+        before_val = before_test = _off
+        after_val = after_test = _restore
+
+    return CudnnBenchmarkOffInEval()
+
+
 def train_and_validate(runner: Any) -> dict[str, float]:
     """Trains (resuming when work_dir holds a checkpoint) and returns the last validation's metrics; a run that was
-    already complete is only validated."""
+    already complete is only validated. Evaluation runs without cuDNN's benchmark search
+    (`cudnn_benchmark_off_in_eval`)."""
     from mmengine.hooks import Hook
 
     class LastMetricsHook(Hook):
@@ -250,6 +293,7 @@ def train_and_validate(runner: Any) -> dict[str, float]:
 
     hook = LastMetricsHook()
     runner.register_hook(hook)
+    runner.register_hook(cudnn_benchmark_off_in_eval())
     runner.train()
     if hook.metrics is None or runner.iter % runner.train_loop.val_interval:
         hook.metrics = dict(runner.val())

@@ -140,6 +140,17 @@ def check_data(root: Path, verify: str = "header", num_classes: int = ADE_NUM_CL
                 _check_decoded(image, ann, num_classes)
 
 
+def _pyramid_norm(norm: str | None, pyramid: str, launcher: str) -> str:
+    """The x4 branch's norm (null: the pyramid's published one), BatchNorm synchronised over the processes under DDP
+    (mmseg's MAE/BEiT configs: SyncBN; a single process has plain BatchNorm, as mmseg's BN)."""
+    from backbones import mm
+
+    if norm not in (None, "bn", "ln"):
+        raise ValueError(f"recipe model.pyramid_norm must be bn, ln or null, not {norm!r}")
+    norm = norm or mm.PUBLISHED_NORM.get(pyramid, "ln")
+    return "syncbn" if norm == "bn" and mmcommon.world_size(launcher) > 1 else norm
+
+
 def _model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> dict[str, Any]:
     from backbones import mm
 
@@ -158,6 +169,8 @@ def _model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> di
         ctx, crop, m["pyramid"], m["drop_path_rate"], m["window_size"], m["global_blocks"], m["taps"], scale_factors,
         rel_pos=m.get("rel_pos"),
     )
+    backbone.update(pyramid_norm=_pyramid_norm(m["pyramid_norm"], m["pyramid"], ctx.launcher),
+                    layer_scale=m["layer_scale"])
     return dict(
         type="EncoderDecoder",
         data_preprocessor=dict(
@@ -246,7 +259,7 @@ def build_config(
     return dict(
         model=_model_cfg(ctx, recipe, len(classes) if classes else ADE_NUM_CLASSES),
         **_dataloaders(ctx, recipe, data_root, classes),
-        optim_wrapper=mmcommon.optim_wrapper_cfg(optimizer, layer_decay, ctx.device),
+        optim_wrapper=mmcommon.optim_wrapper_cfg(optimizer, layer_decay, ctx.device, decay_rule="mmseg"),
         param_scheduler=mmcommon.poly_schedule(int(s["warmup_iters"]), max_iters, power=float(s["power"])),
         **mmcommon.runtime_cfg(
             ctx, "mmseg", max_iters, int(s["val_interval"]), int(s["checkpoint_interval"]), int(s["log_interval"])

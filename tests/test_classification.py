@@ -169,6 +169,17 @@ def test_resume_gives_the_uninterrupted_weights(data: Path, tmp_path: Path, monk
     assert resumed.metrics == whole.metrics
     finished = cls.run(_ctx(tmp_path / "cut", data, "finetune", RANDOM_FINETUNE))  # nothing left: evaluates only
     assert finished.extra["resumed_from_epoch"] == 2 and finished.metrics == whole.metrics
+    tops = [h["top1"] for h in whole.extra["history"]]  # evaluated every epoch, as MAE; kept through the resume
+    assert len(tops) == 2 and [h["top1"] for h in resumed.extra["history"]] == tops
+    assert whole.metrics["top1"] == tops[-1] and whole.metrics["top1_best"] == max(tops)
+    assert tops[int(whole.metrics["top1_best_epoch"]) - 1] == max(tops)
+
+
+def test_best_epoch_is_reported_beside_the_last() -> None:
+    history = [{"epoch": 1, "top1": 40.0}, {"epoch": 2, "top1": 55.5}, {"epoch": 3, "top1": 55.5},
+               {"epoch": 4, "top1": 51.0}]  # fmt: skip
+    assert cls.best_epoch(history, 51.0, 4) == {"top1_best": 55.5, "top1_best_epoch": 2}  # the first of a tie
+    assert cls.best_epoch([{"epoch": 1, "loss": 2.0}], 12.0, 1) == {"top1_best": 12.0, "top1_best_epoch": 1}
 
 
 def test_resume_under_another_recipe_is_an_error(data: Path, tmp_path: Path) -> None:

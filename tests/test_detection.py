@@ -81,7 +81,7 @@ def test_config_builds_a_consistent_mask_rcnn(tmp_path: Path, small_set: Path, p
     cfg = _config(tmp_path, small_set, "paper", overrides={"model.pyramid": pyramid})
     assert "backbones.mm" in cfg["custom_imports"]["imports"] and cfg["launcher"] == "none"
     assert cfg["optim_wrapper"]["type"] == "OptimWrapper"  # CPU: no AmpOptimWrapper
-    assert cfg["optim_wrapper"]["paramwise_cfg"] == {"layer_decay_rate": 0.7}  # depth 4: nearest is ViT-B's
+    assert cfg["optim_wrapper"]["paramwise_cfg"] == {"layer_decay_rate": 0.7, "decay_rule": "detectron2"}  # ViTDet-B
     model = _build_model(cfg)
     backbone = model.backbone
     assert backbone.pyramid == pyramid

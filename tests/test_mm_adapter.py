@@ -383,62 +383,180 @@ def test_mmdet_mask_rcnn_keeps_pretrained_weights_and_trains(checkpoint: tuple[P
     assert pred.pred_instances.masks.shape[-2:] == (64, 64)
 
 
-def test_layer_decay_constructor() -> None:
+def _groups(model: torch.nn.Module, rule: str, decay: float = 0.5, lr: float = 1e-3, wd: float = 0.05) -> tuple:
+    """{name: lr} and {name: weight decay} of the optimizer the constructor builds for `model` under `rule`."""
     from mmengine.optim import build_optim_wrapper
 
-    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit"), head=torch.nn.Conv2d(DIM, 3, 1)))
     cfg = dict(
         type="OptimWrapper",
-        optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05),
+        optimizer=dict(type="AdamW", lr=lr, weight_decay=wd),
         constructor="HarnessLayerDecayOptimizerConstructor",
-        paramwise_cfg=dict(layer_decay_rate=0.5),
+        paramwise_cfg=dict(layer_decay_rate=decay, decay_rule=rule),
     )
-    wrapper = build_optim_wrapper(model, cfg)
-    lr, wd = {}, {}
-    for group in wrapper.optimizer.param_groups:
-        for name in group["param_names"]:
-            lr[name], wd[name] = group["lr"], group["weight_decay"]
-    assert set(lr) == {n for n, _ in model.named_parameters()}
+    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+    lrs = {n: g["lr"] for g in groups for n in g["param_names"]}
+    wds = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert set(lrs) == {n for n, p in model.named_parameters() if p.requires_grad}
+    return lrs, wds
+
+
+def test_layer_decay_constructor() -> None:
+    model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit"), head=torch.nn.Conv2d(DIM, 3, 1)))
+    lr, wd = _groups(model, "mmseg")
     top = DEPTH + 1
     assert lr["backbone.vit.pos_embed"] == pytest.approx(1e-3 * 0.5**top)
     assert lr["backbone.vit.patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5**top)
     for i in range(DEPTH):
         assert lr[f"backbone.vit.blocks.{i}.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5 ** (top - i - 1))
     assert lr["head.weight"] == pytest.approx(1e-3) and lr["backbone.scales.0.0.weight"] == pytest.approx(1e-3)
-    for name in ("backbone.vit.cls_token", "backbone.vit.pos_embed", "backbone.vit.blocks.0.norm1.weight",
-                 "backbone.vit.blocks.0.attn.qkv.bias", "head.bias"):  # fmt: skip
+    for name in ("backbone.vit.blocks.0.norm1.weight", "backbone.vit.blocks.0.attn.qkv.bias", "head.bias"):
         assert wd[name] == 0.0, name
-    assert wd["backbone.vit.blocks.0.attn.qkv.weight"] == 0.05 and wd["head.weight"] == 0.05
+    for name in ("backbone.vit.cls_token", "backbone.vit.pos_embed", "backbone.vit.blocks.0.attn.qkv.weight"):
+        assert wd[name] == 0.05, name  # mmseg's exemption list never matches its full names
+    with pytest.raises(ValueError, match="decay_rule must be one of mmseg, detectron2"):
+        _groups(model, "mmsegg")
 
 
 def test_layer_decay_places_rel_pos_tables_in_their_block() -> None:
-    from mmengine.optim import build_optim_wrapper
-
     model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit", rel_pos="decomposed")))
-    cfg = dict(
-        type="OptimWrapper",
-        optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.1),
-        constructor="HarnessLayerDecayOptimizerConstructor",
-        paramwise_cfg=dict(layer_decay_rate=0.5),
-    )
-    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
-    lr = {n: g["lr"] for g in groups for n in g["param_names"]}
-    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    lr, wd = _groups(model, "detectron2", wd=0.1)
     for i in range(DEPTH):
         name = f"backbone.vit.blocks.{i}.attn.rel_pos_h"
         assert lr[name] == pytest.approx(1e-3 * 0.5 ** (DEPTH - i)), name
-        assert wd[name] == 0.1  # decayed, as ViTDet does (only pos_embed is exempt there)
+        assert wd[name] == 0.1  # decayed, as ViTDet does (only norms and pos_embed are exempt there)
     model = torch.nn.ModuleDict(dict(backbone=mm.HarnessViT("test_vit", rel_pos="table")))
-    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
-    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
-    assert wd["backbone.vit.blocks.0.attn.relative_position_bias_table"] == 0.0  # as BEiT / MAE's lr_decay
+    lr, wd = _groups(model, "mmseg", wd=0.1)
+    assert wd["backbone.vit.blocks.0.attn.relative_position_bias_table"] == 0.1  # 2-D: decayed, as mmseg / BEiT
+    assert lr["backbone.vit.blocks.0.attn.relative_position_bias_table"] == pytest.approx(1e-3 * 0.5**DEPTH)
+
+
+# --- ViT-B-sized, built on the meta device from a published MAE checkpoint's layout (no memory, no weights) ---
+
+VIT_B_DEPTH = 12
+
+
+@pytest.fixture(scope="module")
+def mae_vit_b_layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """A checkpoint with the keys and shapes of `mae_pretrain_vit_base.pth` (`{'model': encoder}`, timm names, with
+    the final norm and no head), its tensors on the meta device."""
+    with torch.device("meta"):
+        sd = create_backbone("mae_vit_base_patch16", pretrained=False).state_dict()
+    sd = {k: v for k, v in sd.items() if not k.startswith("head")}
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.11.mlp.fc2.bias"} <= set(sd) and len(sd) == 150
+    path = tmp_path_factory.mktemp("vitb") / "mae_pretrain_vit_base.pth"
+    torch.save({"model": sd}, path)
+    return path, set(sd)
+
+
+def _ade20k_vit_b(path: Path, **kwargs: object) -> mm.HarnessViT:
+    settings = dict(img_size=(512, 512), rel_pos="table", layer_scale=1.0) | kwargs
+    with torch.device("meta"):
+        return mm.HarnessViT("mae_vit_base_patch16", checkpoint=str(path), **settings)
+
+
+def test_mae_vit_b_layout_loads_into_the_ade20k_backbone(mae_vit_b_layout: tuple[Path, set[str]]) -> None:
+    path, keys = mae_vit_b_layout
+    model = _ade20k_vit_b(path)
+    report = model.load_report
+    fresh = {f"blocks.{i}.{n}" for i in range(VIT_B_DEPTH) for n in ("attn.relative_position_bias_table", "ls1.gamma",
+                                                                      "ls2.gamma")}  # fmt: skip
+    assert set(report["initialised_fresh"]) == fresh and report["skipped"] == []
+    assert report["removed"] == ["norm.weight", "norm.bias"]
+    kept = {k for k in model.vit.state_dict()}
+    assert keys == (kept - fresh) | set(report["removed"])  # every checkpoint key loaded or named as removed
+
+
+def test_mae_vit_b_layout_loads_into_the_coco_backbone(mae_vit_b_layout: tuple[Path, set[str]]) -> None:
+    path, keys = mae_vit_b_layout
+    with torch.device("meta"):
+        model = mm.HarnessViT("mae_vit_base_patch16", checkpoint=str(path), img_size=(1024, 1024), pyramid="simple",
+                              window_size=14, global_blocks=(2, 5, 8, 11), rel_pos="decomposed")  # fmt: skip
+    fresh = {f"blocks.{i}.attn.rel_pos_{a}" for i in range(VIT_B_DEPTH) for a in "hw"}
+    assert set(model.load_report["initialised_fresh"]) == fresh and model.load_report["skipped"] == []
+    kept = set(model.vit.state_dict())
+    assert keys == (kept - fresh) | set(model.load_report["removed"])
+
+
+def _vit_b_expected(name: str, rule: str) -> tuple[int, bool]:
+    """(layer id, no weight decay) of a ViT-B segmentor's parameter, written out from each reference's code."""
+    local = name.removeprefix("backbone.vit.") if name.startswith("backbone.vit.") else None
+    if local is None:
+        layer = VIT_B_DEPTH + 1
+    elif local.startswith(("patch_embed.", "pos_embed")) or (rule == "mmseg" and local == "cls_token"):
+        layer = 0
+    elif local.startswith("blocks."):
+        layer = int(local.split(".")[1]) + 1
+    else:
+        layer = VIT_B_DEPTH + 1
+    if rule == "mmseg":  # ndim == 1 or '.bias': biases, layer scales, the weights of every norm
+        one_d = ("backbone.scales.0.1.weight", "decode_head.1.weight", "neck_bn.weight")
+        return layer, name.endswith((".bias", ".gamma", *one_d)) or ".norm" in name
+    no_decay = local == "pos_embed" or (local is not None and ".norm" in local)  # the ViT's torch LayerNorms
+    return layer, no_decay or name.startswith(("neck_bn.", "backbone.scales.0.1."))  # torch BatchNorms
+
+
+@pytest.mark.parametrize("rule", ["mmseg", "detectron2"])
+def test_vit_b_param_groups_follow_the_reference(mae_vit_b_layout: tuple[Path, set[str]], rule: str) -> None:
+    """Every parameter of a ViT-B UperNet-like model (taps pyramid with BN, layer scale, BEiT's tables; a head with a
+    LayerNorm and a BatchNorm) gets the reference's lr scale 0.65 ** (13 - layer) and weight decay."""
+    from timm.layers import LayerNorm2d
+
+    path, _ = mae_vit_b_layout
+    with torch.device("meta"):
+        head = torch.nn.Sequential(torch.nn.Conv2d(768, 768, 3), LayerNorm2d(768), torch.nn.Conv2d(768, 150, 1))
+        model = torch.nn.ModuleDict(dict(backbone=_ade20k_vit_b(path), decode_head=head,
+                                         neck_bn=torch.nn.BatchNorm2d(8)))  # fmt: skip
+    lr, wd = _groups(model, rule, decay=0.65, lr=1e-4)
+    assert len(lr) == 4 + 12 * 15 + 8 + 8  # tokens, patch embed; 15 per block; x4 and x2 branches; head and BN
+    for name in lr:
+        layer, no_decay = _vit_b_expected(name, rule)
+        assert lr[name] == pytest.approx(1e-4 * 0.65 ** (VIT_B_DEPTH + 1 - layer)), name
+        assert wd[name] == (0.0 if no_decay else 0.05), name
+    # the decisive differences between the two references
+    assert wd["backbone.vit.pos_embed"] == (0.05 if rule == "mmseg" else 0.0)
+    assert wd["backbone.vit.blocks.0.attn.qkv.bias"] == (0.0 if rule == "mmseg" else 0.05)
+    assert wd["decode_head.1.weight"] == (0.0 if rule == "mmseg" else 0.05)  # a LayerNorm outside the ViT
+    assert lr["backbone.vit.cls_token"] == pytest.approx(1e-4 * 0.65 ** (13 if rule == "mmseg" else 0))
+
+
+def test_taps_pyramid_norm_and_layer_scale(checkpoint: tuple[Path, dict]) -> None:
+    """The taps pyramid's x4 branch is mmseg's Feature2Pyramid (deconv with bias, BN, GELU, deconv); layer scale is
+    new at 1.0, so the loaded model computes the same features."""
+    from timm.layers import LayerNorm2d, LayerScale
+
+    path, _ = checkpoint
+    plain = mm.HarnessViT("test_vit", checkpoint=str(path)).eval()
+    scaled = mm.HarnessViT("test_vit", checkpoint=str(path), layer_scale=1.0).eval()
+    x4 = scaled.scales[0]
+    assert [type(m) for m in x4] == [torch.nn.ConvTranspose2d, torch.nn.BatchNorm2d, torch.nn.GELU,
+                                     torch.nn.ConvTranspose2d]  # fmt: skip
+    assert x4[0].bias is not None and x4[3].bias is not None
+    assert isinstance(mm.HarnessViT("test_vit", pyramid="simple").scales[0][1], LayerNorm2d)
+    assert isinstance(mm.HarnessViT("test_vit", pyramid_norm="ln").scales[0][1], LayerNorm2d)
+    assert isinstance(mm.HarnessViT("test_vit", pyramid_norm="syncbn").scales[0][1], torch.nn.SyncBatchNorm)
+    for blk in scaled.vit.blocks:
+        assert isinstance(blk.ls1, LayerScale) and torch.equal(blk.ls1.gamma, torch.ones(DIM))
+        assert torch.equal(blk.ls2.gamma, torch.ones(DIM))
+    assert sum("gamma" in k for k in scaled.load_report["initialised_fresh"]) == 2 * DEPTH
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(plain._block_maps(x), scaled._block_maps(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pyramid_norm"):
+        mm.HarnessViT("test_vit", pyramid_norm="gn")
+
+
+def test_layer_scale_keeps_beit_gammas() -> None:
+    model = mm.HarnessViT("test_beit", img_size=(32, 32), layer_scale=1.0)
+    assert not any("gamma" in k for k in model.load_report["initialised_fresh"])
+    assert all(blk.gamma_1 is not None for blk in model.vit.blocks)
 
 
 def test_layer_decay_needs_the_adapter() -> None:
     from mmengine.optim import build_optim_wrapper
 
     cfg = dict(optimizer=dict(type="AdamW", lr=1e-3), constructor="HarnessLayerDecayOptimizerConstructor",
-               paramwise_cfg=dict(layer_decay_rate=0.5))  # fmt: skip
+               paramwise_cfg=dict(layer_decay_rate=0.5, decay_rule="mmseg"))  # fmt: skip
     with pytest.raises(ValueError, match="exactly one HarnessViT"):
         build_optim_wrapper(torch.nn.Linear(2, 2), cfg)
 

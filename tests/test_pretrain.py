@@ -219,3 +219,29 @@ def test_imagenet_layout_folder(tmp_path: Path, method: str, arch: str, override
     assert torch.load(path, weights_only=True)["meta"]["data"] == str(tmp_path / "data")
     with pytest.raises(FileNotFoundError, match="no train/ subfolder"):
         pretrain(method, arch, tmp_path / "out2", epochs=1, data_root=tmp_path / "out", overrides=folder)
+
+
+@pytest.mark.parametrize("method", ["mae", "supervised", "mocov3"])
+def test_weight_decay_follows_each_method_reference(method: str) -> None:
+    """MAE decays cls_token and mask_token (only 1-D parameters and biases are exempt; position embeddings are frozen);
+    DeiT also exempts cls_token and pos_embed; MoCo v3 decays every trainable parameter."""
+    from backbones.registry import get_spec
+    from harness.pretrain import build_method, build_optimizer
+
+    cfg = resolve_recipe(method)
+    model = build_method(method, get_spec(f"{method}_vit_tiny_patch4"), cfg)
+    optimizer, _ = build_optimizer(model, cfg, eff_batch=256)
+    wd = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    names = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(wd) == {id(p) for p in names.values()}  # every trainable parameter, once
+    decay = cfg["optim"]["weight_decay"]
+    for name, p in names.items():
+        if method == "mocov3":
+            exempt = False
+        else:
+            exempt = p.ndim <= 1 or name.endswith(".bias")
+            exempt |= method == "supervised" and name.endswith(("cls_token", "pos_embed"))
+        assert wd[id(p)] == (0.0 if exempt else decay), name
+    if method == "mae":
+        assert wd[id(names["encoder.cls_token"])] == decay and wd[id(names["mask_token"])] == decay
+        assert "encoder.pos_embed" not in names and "decoder_pos_embed" not in names  # frozen sin-cos

@@ -214,3 +214,20 @@ def test_overrides_and_pretraining_lengths_are_settings_not_seeds(tmp_path: Path
     written = {p.name for p in write_report(folder, tmp_path / "res", formats=["md"])}
     assert {"coco_tiny.md", "coco_tiny_model_pyramid=_taps.md", "coco.png"} <= written
     assert "recipe tiny [model.pyramid=\"taps\"]" in (tmp_path / "res" / "README.md").read_text()
+
+
+def test_in1k_tables_show_the_last_epoch_unless_asked_for_the_best(tmp_path: Path) -> None:
+    folder = tmp_path / "records"
+    for seed, (last, best) in enumerate([(80.0, 81.0), (82.0, 82.0)]):
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", seed,
+                                       {"top1": last, "top1_best": best, "top1_best_epoch": 3}))  # fmt: skip
+    store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 79.0}))  # no best recorded
+    write_report(folder, tmp_path / "last", formats=["md"], plots=False)
+    md = (tmp_path / "last" / "in1k.md").read_text()
+    assert "ImageNet-1K top-1 (%), last epoch" in md and "81.0 ± 1.4 (n=2)" in md and "79.0 (n=1)" in md
+    write_report(folder, tmp_path / "best", formats=["md"], plots=False, top1="best")
+    md = (tmp_path / "best" / "in1k.md").read_text()
+    assert "ImageNet-1K top-1 (%), best epoch" in md and "81.5 ± 0.7 (n=2)" in md
+    assert "79.0" not in md  # a run without a best epoch's top-1 shows none rather than its last
+    with pytest.raises(ValueError, match="--in1k-top1"):
+        write_report(folder, tmp_path / "bad", formats=["md"], plots=False, top1="max")

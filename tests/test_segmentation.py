@@ -66,7 +66,9 @@ def test_paper_recipe_is_the_mae_beit_setup(tmp_path: Path) -> None:
     assert optim["type"] == "OptimWrapper"  # CPU; AmpOptimWrapper(bfloat16) on CUDA
     assert optim["optimizer"] == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
     assert optim["constructor"] == "HarnessLayerDecayOptimizerConstructor"
-    assert optim["paramwise_cfg"] == dict(layer_decay_rate=0.65)
+    assert optim["paramwise_cfg"] == dict(layer_decay_rate=0.65, decay_rule="mmseg")  # mmseg's weight-decay rule
+    # mmseg's MAE config: Feature2Pyramid's BatchNorm in the x4 branch (SyncBN under DDP), layer scale at 1.0
+    assert model["backbone"]["pyramid_norm"] == "bn" and model["backbone"]["layer_scale"] == 1.0
     warmup, poly = cfg["param_scheduler"]
     assert (warmup["type"], warmup["end"], poly["type"], poly["end"]) == ("LinearLR", 1500, "PolyLR", 160000)
     assert cfg["train_dataloader"]["batch_size"] == 16 and cfg["train_cfg"]["max_iters"] == 160000
@@ -93,6 +95,18 @@ def test_simple_pyramid_selectable(tmp_path: Path) -> None:
     assert cfg["model"]["backbone"]["pyramid"] == "simple"
     assert cfg["model"]["decode_head"]["in_channels"] == [192, 384, 768, 768]
     assert cfg["model"]["auxiliary_head"]["in_channels"] == 768
+
+
+def test_pyramid_norm_is_sync_bn_under_ddp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ctx = TaskContext(backbone="mae_vit_base_patch16", work_dir=tmp_path, launcher="pytorch")
+    cfg = seg.build_config(ctx, load_recipe("ade20k", "paper"), tmp_path, None)
+    assert cfg["model"]["backbone"]["pyramid_norm"] == "syncbn"
+    assert cfg["model"]["decode_head"]["norm_cfg"]["type"] == "SyncBN"
+    recipe = load_recipe("ade20k", "paper", {"model.pyramid": "simple"})
+    assert seg.build_config(ctx, recipe, tmp_path, None)["model"]["backbone"]["pyramid_norm"] == "ln"  # ViTDet's
+    with pytest.raises(ValueError, match="model.pyramid_norm"):
+        seg.build_config(ctx, load_recipe("ade20k", "paper", {"model.pyramid_norm": "gn"}), tmp_path, None)
 
 
 def test_unknown_recipe_key_and_launcher(tmp_path: Path) -> None:
@@ -192,3 +206,41 @@ def test_simple_pyramid_trains(data_root: Path, tmp_path: Path) -> None:
     result = seg.run(ctx)
     _check_metrics(result.metrics)
     assert result.extra["pyramid"] == "simple" and result.extra["load_report"]["pretrained"] is False
+
+
+# --- evaluation memory ---
+
+
+def test_evaluation_runs_without_cudnn_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's benchmark search over fp32 convolutions (evaluation is fp32, training bf16) allocates workspaces as
+    large as the free GPU memory: validation runs with it off, training with the runner's setting."""
+    import torch
+
+    from tasks import mmcommon
+
+    seen: dict[str, bool] = {}
+
+    class FakeRunner:
+        iter, train_loop = 4, type("Loop", (), {"val_interval": 4})
+
+        def __init__(self) -> None:
+            self.hooks: list = []
+
+        def register_hook(self, hook: object) -> None:
+            self.hooks.append(hook)
+
+        def _each(self, name: str, *args: object) -> None:
+            for h in self.hooks:
+                getattr(h, name, lambda *a: None)(self, *args)
+
+        def train(self) -> None:
+            seen["train"] = torch.backends.cudnn.benchmark
+            self._each("before_val")
+            seen["val"] = torch.backends.cudnn.benchmark
+            self._each("after_val_epoch", {"mIoU": 1.0})
+            self._each("after_val")
+            seen["after"] = torch.backends.cudnn.benchmark
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    assert mmcommon.train_and_validate(FakeRunner()) == {"mIoU": 1.0}
+    assert seen == {"train": True, "val": False, "after": True}

@@ -60,19 +60,31 @@ def _exponent_floats(node: Any) -> Any:
 
 
 def build_method(method: str, spec: Any, recipe: dict[str, Any]) -> torch.nn.Module:
-    """The method's module: `training_loss(batch, epoch_frac)`, `encoder_state_dict()`, `no_weight_decay()`."""
+    """The method's module: `training_loss(batch, epoch_frac)`, `encoder_state_dict()`, `no_weight_decay()`, and
+    optionally `decay_every_parameter = True`."""
     return importlib.import_module(METHODS[method]).build(spec, recipe)
 
 
 def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], eff_batch: int) -> tuple[Any, float]:
-    """AdamW over trainable parameters, no decay on norms, biases, tokens and position embeddings; the absolute lr is
-    `base_lr * eff_batch / 256` (MAE's linear scaling rule)."""
+    """AdamW over the trainable parameters with each method's reference weight decay; the absolute lr is
+    `base_lr * eff_batch / 256` (MAE's linear scaling rule).
+
+    * MAE (`main_pretrain.py`: timm's `add_weight_decay` with an empty skip list): no decay on 1-D parameters and
+      biases only; `cls_token` and `mask_token` are decayed, the sin-cos position embeddings are frozen.
+    * supervised (DeiT `main.py`: timm's `create_optimizer`, skip list `model.no_weight_decay()`): no decay on 1-D
+      parameters, biases, `cls_token` and `pos_embed`.
+    * MoCo v3 (`main_moco.py`: `AdamW(model.parameters(), weight_decay=...)` for ViTs): every trainable parameter is
+      decayed, biases and norms included (its frozen patch projection and sin-cos positions are not trained).
+    """
     import torch
     from timm.optim import param_groups_weight_decay
 
     opt = recipe["optim"]
     lr = opt["base_lr"] * eff_batch / 256
-    groups = param_groups_weight_decay(model, opt["weight_decay"], no_weight_decay_list=model.no_weight_decay())
+    if getattr(model, "decay_every_parameter", False):
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": opt["weight_decay"]}]
+    else:
+        groups = param_groups_weight_decay(model, opt["weight_decay"], no_weight_decay_list=model.no_weight_decay())
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"])), lr
 
 

@@ -147,7 +147,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.apply(_init_linear_and_norm)
 
     def no_weight_decay(self) -> set[str]:
-        return {"encoder.cls_token", "encoder.pos_embed", "mask_token", "decoder_pos_embed"}
+        return set()  # as main_pretrain.py: cls_token and mask_token decayed; the position embeddings are frozen
 
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None

@@ -76,8 +76,10 @@ class MoCoV3ViT(nn.Module):
         self.momentum_encoder.requires_grad_(False)
         self.predictor = build_mlp(2, dim, mlp_dim, dim, last_bn=False)
 
+    decay_every_parameter = True  # main_moco.py: AdamW over model.parameters(), one weight decay for all
+
     def no_weight_decay(self) -> set[str]:
-        return {"base_encoder.cls_token", "base_encoder.pos_embed"}
+        return set()
 
     @torch.no_grad()
     def update_momentum_encoder(self, m: float) -> None:
