@@ -1,14 +1,18 @@
 """The mmengine adapter: any registered backbone as an mmdet / mmseg backbone, and layer-wise lr decay for it.
 
-The simple feature pyramid and window attention follow ViTDet (Li et al. 2022, "Exploring Plain Vision Transformer
-Backbones for Object Detection"; detectron2 `modeling/backbone/vit.py`); the four-tap pyramid and layer decay follow
-the BEiT / MAE segmentation code (mmseg `Feature2Pyramid`, `LearningRateDecayOptimizerConstructor`).
+The simple feature pyramid, window attention and the detection backbone's form follow ViTDet (Li et al. 2022,
+"Exploring Plain Vision Transformer Backbones for Object Detection"; detectron2 `modeling/backbone/vit.py` and
+`utils.py`), written so that the same weights give detectron2's outputs to float precision (`vitdet_to_harness` maps
+its parameter names); the four-tap pyramid and layer decay follow the BEiT / MAE segmentation code (mmseg
+`Feature2Pyramid`, `LearningRateDecayOptimizerConstructor`).
 
 Importing this module registers, in mmengine's root registries (found from both the mmdet and mmseg scopes, under
 names neither library has):
 
 * `HarnessViT` (MODELS): `dict(type='HarnessViT', backbone='mae_vit_base_patch16', checkpoint=None, img_size=(H, W),
   pyramid='taps', ...)`; the weights are loaded through `backbones.create_backbone` with every key accounted for;
+* `HarnessSimpleFPN` (MODELS): ViTDet's per-level 1x1 + 3x3 convs with LayerNorm after `pyramid='simple'`, an mmdet
+  neck (`dict(type='HarnessSimpleFPN', in_channels=[...], out_channels=256, num_outs=5)`);
 * `HarnessLayerDecayOptimizerConstructor` (OPTIM_WRAPPER_CONSTRUCTORS): `constructor=...` with
   `paramwise_cfg=dict(layer_decay_rate=0.65)`.
 
@@ -272,16 +276,20 @@ def _create_vit(backbone: str, **kwargs: Any) -> nn.Module:
 class HarnessViT(BaseModule):
     """A registered backbone (plain ViT) with a four-level feature pyramid, for mmdet and mmseg.
 
-    `pyramid='simple'` (ViTDet): every level from the last block's map, channels `[D//4, D//2, D, D]`.
+    `pyramid='simple'` (ViTDet): every level from the last block's map, channels `[D//4, D//2, D, D]`; on a plain ViT
+    it is ViTDet's backbone: no class token (dropped with its position entry, reported as removed), the position
+    embedding kept at the pretrained grid and resampled to each input's grid in the forward pass (`abs_pos_on_grid`),
+    `patch_size` to run at another patch size (ViT-H/14 at 16: the checkpoint's kernel interpolated bicubically).
     `pyramid='taps'` (BEiT/MAE UperNet): level i from block `taps[i]` (default: the spec's `dense_taps`, the last
     ones when there are fewer levels), channels `D`.
     Strides are patch_size / scale_factor. `window_size > 0` makes every block not in `global_blocks` attend within
-    non-overlapping windows of that many patches (ViTDet), the class token on its own (stochastic depth is then drawn
-    per window rather than per image). `rel_pos` gives every block a relative position bias (`RelPosAttention`,
-    zero-initialised): `'decomposed'` (ViTDet) or `'table'` (BEiT, the MAE paper's ADE20K runs), sized for the window
-    in windowed blocks and for the `img_size` grid in global ones. `window_pos` is the windowed forward's absolute
-    position embedding: `'interpolate'` (ViTDet: resampled to the image's grid) or `'tile'` (the pretrained grid,
-    resampled to one window, repeated in every window; global blocks then see the repeated positions too).
+    non-overlapping windows of that many patches as ViTDet's blocks do (`windowed_block`: norm, zero-padding,
+    stochastic depth per image); a class token ('taps') attends on its own. `rel_pos` gives every block a relative
+    position bias (`RelPosAttention`, zero-initialised): `'decomposed'` (ViTDet) or `'table'` (BEiT, the MAE paper's
+    ADE20K runs), sized for the window in windowed blocks and for the `img_size` grid in global ones. `window_pos` is
+    the windowed forward's absolute position embedding: `'interpolate'` (ViTDet: resampled to the image's grid) or
+    `'tile'` (the pretrained grid, resampled to one window, repeated in every window; global blocks then see the
+    repeated positions too).
     """
 
     def __init__(
