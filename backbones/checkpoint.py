@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from backbones.formats import StateDict, get_format
@@ -125,6 +126,18 @@ def _resample_pos_embed(sd: StateDict, model: nn.Module) -> None:
     )
 
 
+def _resample_patch_embed(sd: StateDict, model: nn.Module) -> None:
+    """A patch-embedding kernel of another size, resampled to the model's as ViTDet converted MAE ViT-H/14 to patch 16:
+    bicubic interpolation of the kernel (`F.interpolate`, align_corners=False; not timm's pseudo-inverse
+    `resample_patch_embed`). Only when the model was built with another patch size than the checkpoint's."""
+    key = "patch_embed.proj.weight"
+    own = model.state_dict().get(key)
+    w = sd.get(key)
+    if own is None or w is None or w.ndim != 4 or w.shape[:2] != own.shape[:2] or w.shape[2:] == own.shape[2:]:
+        return
+    sd[key] = F.interpolate(w.float(), size=tuple(own.shape[2:]), mode="bicubic", align_corners=False).to(w.dtype)
+
+
 def _resize_rel_pos_tables(sd: StateDict, model: nn.Module) -> None:
     """BEiT's relative position bias tables, resized for another window (timm's own helper)."""
     from timm.layers import resize_rel_pos_bias_table
@@ -193,6 +206,7 @@ def load_checkpoint(
     sd = get_format(checkpoint_format)(raw)
     if not sd:
         raise CheckpointError(f"checkpoint {path} holds no tensors in the {checkpoint_format!r} layout")
+    _resample_patch_embed(sd, model)
     _resample_pos_embed(sd, model)
     _resize_rel_pos_tables(sd, model)
     return load_state_dict_strict(model, sd, source=f"{path} (format {checkpoint_format!r})")

@@ -1,14 +1,18 @@
 """The mmengine adapter: any registered backbone as an mmdet / mmseg backbone, and layer-wise lr decay for it.
 
-The simple feature pyramid and window attention follow ViTDet (Li et al. 2022, "Exploring Plain Vision Transformer
-Backbones for Object Detection"; detectron2 `modeling/backbone/vit.py`); the four-tap pyramid and layer decay follow
-the BEiT / MAE segmentation code (mmseg `Feature2Pyramid`, `LearningRateDecayOptimizerConstructor`).
+The simple feature pyramid, window attention and the detection backbone's form follow ViTDet (Li et al. 2022,
+"Exploring Plain Vision Transformer Backbones for Object Detection"; detectron2 `modeling/backbone/vit.py` and
+`utils.py`), written so that the same weights give detectron2's outputs to float precision (`vitdet_to_harness` maps
+its parameter names); the four-tap pyramid and layer decay follow the BEiT / MAE segmentation code (mmseg
+`Feature2Pyramid`, `LearningRateDecayOptimizerConstructor`).
 
 Importing this module registers, in mmengine's root registries (found from both the mmdet and mmseg scopes, under
 names neither library has):
 
 * `HarnessViT` (MODELS): `dict(type='HarnessViT', backbone='mae_vit_base_patch16', checkpoint=None, img_size=(H, W),
   pyramid='taps', ...)`; the weights are loaded through `backbones.create_backbone` with every key accounted for;
+* `HarnessSimpleFPN` (MODELS): ViTDet's per-level 1x1 + 3x3 convs with LayerNorm after `pyramid='simple'`, an mmdet
+  neck (`dict(type='HarnessSimpleFPN', in_channels=[...], out_channels=256, num_outs=5)`);
 * `HarnessLayerDecayOptimizerConstructor` (OPTIM_WRAPPER_CONSTRUCTORS): `constructor=...` with
   `paramwise_cfg=dict(layer_decay_rate=0.65)`.
 
@@ -18,6 +22,7 @@ themselves as well, because `Runner.from_cfg` on a dict ignores `custom_imports`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -52,6 +57,16 @@ def arch_shape(backbone: str) -> tuple[int, int, int]:
     return int(model.embed_dim), len(model.blocks), int(model.patch_embed.patch_size[0])
 
 
+@lru_cache(maxsize=32)
+def is_plain_vit(backbone: str) -> bool:
+    """True for a timm `VisionTransformer` (inputs of any size, blocks with timm's `Block` layout); False for others
+    (BEiT: fixed input size, its own relative position bias)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        return isinstance(build_model(get_spec(backbone)), VisionTransformer)
+
+
 def _check_pyramid(pyramid: str, scale_factors: Sequence[float]) -> None:
     if pyramid not in PYRAMIDS:
         raise ValueError(f"pyramid must be one of {', '.join(PYRAMIDS)}, not {pyramid!r}")
@@ -73,11 +88,13 @@ def pyramid_channels(backbone: str, pyramid: str = "taps", scale_factors: Sequen
     return [_out_channels(dim, pyramid, s) for s in scale_factors]
 
 
-def pyramid_strides(backbone: str, scale_factors: Sequence[float] = SCALE_FACTORS) -> list[int]:
+def pyramid_strides(
+    backbone: str, scale_factors: Sequence[float] = SCALE_FACTORS, patch_size: int | None = None
+) -> list[int]:
     """Strides of the outputs, patch_size / scale: 4, 8, 16, 32 for patch 16. A non-integral stride (patch 14) is
-    returned as a float."""
+    returned as a float. `patch_size` overrides the backbone's (ViTDet runs ViT-H/14 at patch 16)."""
     _check_pyramid("taps", scale_factors)
-    patch = arch_shape(backbone)[2]
+    patch = patch_size or arch_shape(backbone)[2]
     strides = [patch / float(s) for s in scale_factors]
     return [int(s) if float(s).is_integer() else s for s in strides]
 
@@ -127,6 +144,29 @@ def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], si
     B = x.shape[0] // ((Hp // window) * (Wp // window))
     x = x.view(B, Hp // window, Wp // window, window, window, -1).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(B, Hp, Wp, -1)[:, : size[0], : size[1]]
+
+
+def abs_pos_on_grid(pos_embed: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """ViTDet's `get_abs_pos`: a grid-only position embedding `[1, gh * gw, D]` (no class entry) -> `[1, h * w, D]`,
+    resampled bicubically (align_corners=False, no antialias: ViTDet's call; timm's `resample_abs_pos_embed`
+    antialiases, which changes the cubic kernel even when upsampling) when the grids differ."""
+    gh, gw = grid
+    D = pos_embed.shape[-1]
+    pos = pos_embed.reshape(1, gh, gw, D)
+    if (gh, gw) != tuple(size):
+        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(size), mode="bicubic", align_corners=False)
+        pos = pos.permute(0, 2, 3, 1)  # [1, h, w, D]
+    return pos.reshape(1, -1, D)
+
+
+def windowed_block(blk: nn.Module, x: torch.Tensor, window: int) -> torch.Tensor:
+    """A timm `Block` (its own parameters, under its own names) run as ViTDet's windowed block on `[B, H, W, D]`:
+    norm1, then zero-padding to a multiple of `window` (so padded keys are zeros, not the norm's bias), attention
+    within windows, unpadding, and the residuals with stochastic depth drawn per image."""
+    H, W = x.shape[1:3]
+    windows, padded = window_partition(blk.norm1(x), window)  # [B * nW, window * window, D]
+    x = x + blk.drop_path1(blk.ls1(window_unpartition(blk.attn(windows), window, padded, (H, W))))
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
 
 def rel_pos_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
@@ -246,16 +286,20 @@ def _create_vit(backbone: str, **kwargs: Any) -> nn.Module:
 class HarnessViT(BaseModule):
     """A registered backbone (plain ViT) with a four-level feature pyramid, for mmdet and mmseg.
 
-    `pyramid='simple'` (ViTDet): every level from the last block's map, channels `[D//4, D//2, D, D]`.
+    `pyramid='simple'` (ViTDet): every level from the last block's map, channels `[D//4, D//2, D, D]`; on a plain ViT
+    it is ViTDet's backbone: no class token (dropped with its position entry, reported as removed), the position
+    embedding kept at the pretrained grid and resampled to each input's grid in the forward pass (`abs_pos_on_grid`),
+    `patch_size` to run at another patch size (ViT-H/14 at 16: the checkpoint's kernel interpolated bicubically).
     `pyramid='taps'` (BEiT/MAE UperNet): level i from block `taps[i]` (default: the spec's `dense_taps`, the last
     ones when there are fewer levels), channels `D`.
     Strides are patch_size / scale_factor. `window_size > 0` makes every block not in `global_blocks` attend within
-    non-overlapping windows of that many patches (ViTDet), the class token on its own (stochastic depth is then drawn
-    per window rather than per image). `rel_pos` gives every block a relative position bias (`RelPosAttention`,
-    zero-initialised): `'decomposed'` (ViTDet) or `'table'` (BEiT, the MAE paper's ADE20K runs), sized for the window
-    in windowed blocks and for the `img_size` grid in global ones. `window_pos` is the windowed forward's absolute
-    position embedding: `'interpolate'` (ViTDet: resampled to the image's grid) or `'tile'` (the pretrained grid,
-    resampled to one window, repeated in every window; global blocks then see the repeated positions too).
+    non-overlapping windows of that many patches as ViTDet's blocks do (`windowed_block`: norm, zero-padding,
+    stochastic depth per image); a class token ('taps') attends on its own. `rel_pos` gives every block a relative
+    position bias (`RelPosAttention`, zero-initialised): `'decomposed'` (ViTDet) or `'table'` (BEiT, the MAE paper's
+    ADE20K runs), sized for the window in windowed blocks and for the `img_size` grid in global ones. `window_pos` is
+    the windowed forward's absolute position embedding: `'interpolate'` (ViTDet: resampled to the image's grid) or
+    `'tile'` (the pretrained grid, resampled to one window, repeated in every window; global blocks then see the
+    repeated positions too).
     """
 
     def __init__(
@@ -273,6 +317,7 @@ class HarnessViT(BaseModule):
         window_pos: str = "interpolate",
         pyramid_norm: str | None = None,
         layer_scale: float | None = None,
+        patch_size: int | None = None,
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
@@ -280,8 +325,15 @@ class HarnessViT(BaseModule):
         _check_pyramid(pyramid, scale_factors)
         spec = get_spec(backbone)
         size = tuple(img_size) if isinstance(img_size, Sequence) else (img_size or spec.img_size,) * 2
+        patch = int(patch_size or spec.patch_size)
+        overrides: dict[str, Any] = {"patch_size": patch} if patch != spec.patch_size else {}
+        # ViTDet's form (simple pyramid on a plain ViT): the model keeps the pretrained grid's position embedding
+        # (built at the pretraining grid times the patch), resampled to each input's grid in the forward pass
+        self.grid_form = pyramid == "simple" and is_plain_vit(backbone)
+        built = (spec.img_size // spec.patch_size * patch,) * 2 if self.grid_form else size
         self.vit = _create_vit(
-            backbone, checkpoint=checkpoint, img_size=size, drop_path_rate=drop_path_rate, allow_pickle=allow_pickle
+            backbone, checkpoint=checkpoint, img_size=built, drop_path_rate=drop_path_rate, allow_pickle=allow_pickle,
+            **overrides,
         )
         depth, dim = len(self.vit.blocks), int(self.vit.embed_dim)
         self.depth = depth  # layer-decay depth L: the architecture's, also when blocks past the last tap are dropped
@@ -300,11 +352,11 @@ class HarnessViT(BaseModule):
         self.pyramid_norm = self._check_norm(pyramid_norm, pyramid)
         self.scales = nn.ModuleList(_rescale(dim, s, pyramid, self.pyramid_norm) for s in self.scale_factors)
         self.out_channels = [_out_channels(dim, pyramid, s) for s in self.scale_factors]
-        self.strides = [int(p) if p.is_integer() else p for p in (spec.patch_size / s for s in self.scale_factors)]
-        removed = self._remove_unused(depth)
+        self.strides = [int(p) if p.is_integer() else p for p in (patch / s for s in self.scale_factors)]
+        removed = self._remove_unused(depth) + (self._drop_class_token() if self.grid_form else [])
         report = dict(getattr(self.vit, "load_report", {"initialised_fresh": [], "skipped": []}))
         self.rel_pos = rel_pos or None
-        added = self._add_rel_pos(backbone) if self.rel_pos else []
+        added = self._add_rel_pos(backbone, (size[0] // patch, size[1] // patch)) if self.rel_pos else []
         self._rel_pos_added = bool(added)
         self.layer_scale = None if layer_scale is None else float(layer_scale)
         scaled = self._add_layer_scale(backbone) if self.layer_scale is not None else []
@@ -374,7 +426,24 @@ class HarnessViT(BaseModule):
             self.vit.blocks = self.vit.blocks[: last + 1]
         return removed
 
-    def _add_rel_pos(self, backbone: str) -> list[str]:
+    def _drop_class_token(self) -> list[str]:
+        """ViTDet's detection backbone has no class token: drops it and its position-embedding entry (the grid's
+        entries stay); returns what was removed, for the load report."""
+        vit = self.vit
+        if getattr(vit, "reg_token", None) is not None:
+            raise ValueError("pyramid='simple' drops the class token; a ViT with register tokens is not supported")
+        if getattr(vit, "cls_token", None) is None:
+            return []
+        removed = ["cls_token"]
+        if vit.pos_embed is not None and not vit.no_embed_class:
+            vit.pos_embed = nn.Parameter(vit.pos_embed.detach()[:, 1:].clone())  # [1, gh * gw, D]
+            removed.append("pos_embed[:, 0] (the class token's entry)")
+        vit.cls_token = None
+        vit.num_prefix_tokens -= 1
+        vit.has_class_token, vit.no_embed_class = False, True
+        return removed
+
+    def _add_rel_pos(self, backbone: str, input_grid: tuple[int, int]) -> list[str]:
         """Swaps every kept block's attention for a `RelPosAttention`; returns the new parameters' names. A backbone
         with a relative position bias of its own (BEiT) keeps it."""
         if self.rel_pos not in REL_POS:
@@ -386,7 +455,8 @@ class HarnessViT(BaseModule):
                 f"rel_pos needs a timm VisionTransformer; {backbone!r} is {type(self.vit).__name__}"
                 " (BEiT brings its own relative position bias)"
             )
-        grid = tuple(int(g) for g in self.vit.patch_embed.grid_size)
+        # global blocks: the img_size grid (ViTDet's input_size); the 'taps' model is built at img_size
+        grid = input_grid if self.grid_form else tuple(int(g) for g in self.vit.patch_embed.grid_size)
         names = []
         for i, blk in enumerate(self.vit.blocks):
             size = grid if not self.window_size or i in self.global_blocks else (self.window_size,) * 2
@@ -414,7 +484,7 @@ class HarnessViT(BaseModule):
         wanted = sorted(set(self.taps))
         if self._rel_pos_added:
             self._set_rel_pos_grids(x)
-        if self.window_size:
+        if self.window_size or self.grid_form:
             maps = self._forward_windowed(x, wanted)
         else:
             expected = tuple(self.vit.patch_embed.img_size)
@@ -433,19 +503,31 @@ class HarnessViT(BaseModule):
         vit, window, P = self.vit, self.window_size, self.vit.num_prefix_tokens
         x = vit.patch_embed(x)  # [B, h, w, D] (dynamic size: NHWC)
         B, h, w, _ = x.shape
-        embedded = self._tiled_pos_embed(x) if self.window_pos == "tile" else vit._pos_embed(x)
+        if self.window_pos == "tile":
+            embedded = self._tiled_pos_embed(x)
+        else:
+            embedded = self._grid_pos_embed(x) if self.grid_form else vit._pos_embed(x)
         x = vit.norm_pre(vit.patch_drop(embedded))  # [B, P + h*w, D]
         maps = []
         for i, blk in enumerate(vit.blocks[: max(wanted) + 1]):
-            if i in self.global_blocks:
+            if not window or i in self.global_blocks:
                 x = blk(x)
-            else:
-                windows, padded = window_partition(x[:, P:].reshape(B, h, w, -1), window)  # [B*nW, win*win, D]
-                grid = window_unpartition(blk(windows), window, padded, (h, w)).reshape(B, h * w, -1)
+            else:  # the grid in windows; a class token attends on its own
+                grid = windowed_block(blk, x[:, P:].reshape(B, h, w, -1), window).reshape(B, h * w, -1)
                 x = torch.cat([blk(x[:, :P]), grid], dim=1) if P else grid
             if i in wanted:
                 maps.append(x[:, P:].transpose(1, 2).reshape(B, -1, h, w))  # [B, D, h, w]
         return maps
+
+    def _grid_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, h, w, D] patches -> [B, h*w, D] tokens plus the pretrained grid's position embedding resampled to
+        (h, w) (ViTDet's `get_abs_pos`)."""
+        vit = self.vit
+        B, h, w, D = x.shape
+        x = x.reshape(B, h * w, D)
+        if vit.pos_embed is not None:
+            x = x + abs_pos_on_grid(vit.pos_embed, tuple(vit.patch_embed.grid_size), (h, w))
+        return vit.pos_drop(x)
 
     def _tiled_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, h, w, D] patches -> [B, P + h*w, D] tokens, the pretrained grid's position embedding (resampled to one
@@ -476,6 +558,99 @@ class HarnessViT(BaseModule):
         """[B, 3, H, W] -> four maps [B, C_i, H / stride_i, W / stride_i]."""
         maps = self._block_maps(x)
         return tuple(scale(m) for scale, m in zip(self.scales, maps, strict=True))
+
+
+def _c2_xavier_fill(conv: nn.Conv2d) -> None:
+    """detectron2's `c2_xavier_fill` (ViTDet's init of the pyramid's convs): kaiming-uniform with a=1, zero bias."""
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+@MODELS.register_module()
+class HarnessSimpleFPN(BaseModule):
+    """The convs of ViTDet's simple feature pyramid (Li et al. 2022, Sec. 3; detectron2 `SimpleFeaturePyramid`), after
+    `HarnessViT(pyramid='simple')` has rescaled the last block's map: per level a 1x1 conv to `out_channels` and a 3x3
+    conv, each without bias and followed by a channel LayerNorm (eps 1e-6); no top-down or lateral fusion between
+    levels. `num_outs - len(in_channels)` extra levels are max-pools with kernel 1 and stride 2 of the last one
+    (detectron2 `LastLevelMaxPool`: 'p6' for the RPN).
+
+    Parameters: `levels.{i}.0` (1x1 conv), `.1` (its norm), `.2` (3x3 conv), `.3` (its norm);
+    `vitdet_to_harness` maps detectron2's names onto these and the backbone's.
+    """
+
+    def __init__(
+        self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5, init_cfg: dict | None = None
+    ) -> None:
+        from timm.layers import LayerNorm2d
+
+        super().__init__(init_cfg=init_cfg)
+        if num_outs < len(in_channels):
+            raise ValueError(f"HarnessSimpleFPN: num_outs={num_outs} is fewer than the {len(in_channels)} inputs")
+        self.num_outs = int(num_outs)
+        self.levels = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(c, out_channels, 1, bias=False), LayerNorm2d(out_channels, eps=1e-6),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels, eps=1e-6),
+            )
+            for c in in_channels
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                _c2_xavier_fill(module)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+        self._is_init = True
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Maps [B, C_i, H_i, W_i] -> [B, out_channels, H_i, W_i], then the extra levels at half the last size."""
+        if len(inputs) != len(self.levels):
+            raise ValueError(f"HarnessSimpleFPN takes {len(self.levels)} maps, got {len(inputs)}")
+        outs = [level(x) for level, x in zip(self.levels, inputs, strict=True)]
+        while len(outs) < self.num_outs:
+            outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+        return tuple(outs)
+
+
+# ViTDet's pyramid branch `simfp_{log2 stride}` of scale s: the first `_VITDET_RESCALE_LAYERS[s]` modules rescale (ours:
+# `HarnessViT.scales`), then two detectron2 `Conv2d(..., norm=LN)` (ours: `HarnessSimpleFPN.levels`).
+_VITDET_RESCALE_LAYERS = {4.0: 4, 2.0: 1, 1.0: 0, 0.5: 1}
+
+
+def vitdet_to_harness(
+    sd: dict[str, torch.Tensor], scale_factors: Sequence[float] = SCALE_FACTORS, patch_size: int = 16
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """detectron2 ViTDet backbone weights (`ViT` as `net.*`, `SimpleFeaturePyramid`'s `simfp_*`; the `backbone.`
+    prefix already stripped) -> (`HarnessViT(pyramid='simple')` state dict, `HarnessSimpleFPN` state dict).
+
+    The position embedding loses its class entry (ViTDet keeps it in the parameter but never uses it); every other
+    tensor is renamed only. An unknown key raises: every key is accounted for."""
+    backbone: dict[str, torch.Tensor] = {}
+    neck: dict[str, torch.Tensor] = {}
+    levels = {int(math.log2(patch_size / float(s))): (i, float(s)) for i, s in enumerate(scale_factors)}
+    for key, value in sd.items():
+        if key.startswith("net."):
+            name = "vit." + key[len("net.") :]
+            with_cls = name == "vit.pos_embed" and math.isqrt(value.shape[1] - 1) ** 2 == value.shape[1] - 1
+            backbone[name] = value[:, 1:] if with_cls else value  # [1, 1 + gh * gw, D] -> [1, gh * gw, D]
+            continue
+        head, _, rest = key.partition(".")
+        stage = int(head[len("simfp_") :]) if head.startswith("simfp_") and head[6:].isdigit() else None
+        if stage not in levels:
+            raise KeyError(f"vitdet_to_harness: key {key!r} is neither `net.*` nor a `simfp_*` of {tuple(levels)}")
+        i, scale = levels[stage]
+        index, _, leaf = rest.partition(".")
+        n = _VITDET_RESCALE_LAYERS[scale]
+        if int(index) < n:  # a single rescaling module (x2) is not a Sequential here
+            backbone[f"scales.{i}.{leaf}" if n == 1 else f"scales.{i}.{index}.{leaf}"] = value
+        else:  # `Conv2d(norm=LN)`: `.weight` is the conv's, `.norm.*` its LayerNorm's
+            conv = 2 * (int(index) - n)
+            is_norm = leaf.startswith("norm.")
+            neck[f"levels.{i}.{conv + 1}.{leaf[5:]}" if is_norm else f"levels.{i}.{conv}.{leaf}"] = value
+    return backbone, neck
 
 
 def _find_harness_vit(model: nn.Module) -> tuple[str, HarnessViT]:

@@ -2,13 +2,16 @@
 2021), in the ViTDet form (Li et al. 2022, "Exploring Plain Vision Transformer Backbones for Object Detection";
 mmdet's `projects/ViTDet` configs), trained and scored by mmdet 3.3's own Runner, heads and CocoMetric (pycocotools).
 
-The model is mmdet's `MaskRCNN` with the harness backbone `HarnessViT` (`backbones.mm`): the simple feature pyramid
-of ViTDet (`pyramid='simple'`, the default) or four tapped blocks (`pyramid='taps'`, the BEiT/MAE-paper variant),
-then mmdet's FPN (its top-down path is the one addition to ViTDet's neck), an RPN and conv + fc box and mask heads
-(ViTDet: 2-conv RPN, 4-conv + 1-fc box head, 4-conv mask head), with LayerNorm on channels (`HarnessLN2d`, timm's
-`LayerNorm2d`) in the neck and the conv heads where ViTDet puts it. Anchor and RoI strides are the backbone's
-(patch / scale factor). Recipes (`tasks/recipes/coco/*.yaml`) hold every number; layer-wise lr decay goes through
-`HarnessLayerDecayOptimizerConstructor`, bf16 autocast on CUDA (`tasks.mmcommon`).
+The model is mmdet's `MaskRCNN` with the harness backbone `HarnessViT` (`backbones.mm`) in ViTDet's form
+(`pyramid='simple'`: no class token, the pretrained grid's position embedding resampled to each input, windowed blocks
+as ViTDet's) and ViTDet's simple feature pyramid: every level rescaled from the last block's map, then 1x1 and 3x3
+convs with LayerNorm per level (`neck: simple`, `HarnessSimpleFPN`; no top-down fusion) and a max-pooled extra level.
+`pyramid='taps'` with `neck: fpn` is the MAE paper's own first variant (four tapped blocks into mmdet's FPN). Then an
+RPN and conv + fc box and mask heads (ViTDet: 2-conv RPN, 4-conv + 1-fc box head, 4-conv mask head), with LayerNorm
+on channels (`HarnessLN2d`, timm's `LayerNorm2d`) in the conv heads where ViTDet puts it. Anchor and RoI strides are
+the backbone's (patch / scale factor); `model.patch_size` runs a backbone at another patch size (ViTDet's ViT-H/14 at
+16, its patch-embedding kernel interpolated bicubically). Recipes (`tasks/recipes/coco/*.yaml`) hold every number;
+layer-wise lr decay goes through `HarnessLayerDecayOptimizerConstructor`, bf16 autocast on CUDA (`tasks.mmcommon`).
 
 Data: the COCO 2017 layout (`annotations/instances_{train,val}2017.json`, `train2017/`, `val2017/`) under
 `ctx.data_root`, or the embedded Fashion-MNIST set (`harness.data.coco`) when `ctx.data_root` is None. Class names
@@ -29,6 +32,7 @@ from tasks import TaskContext, TaskResult, mmcommon
 from tasks.recipes import load_recipe
 
 SPLITS = ("train", "val")
+NECKS = ("simple", "fpn")
 METRIC_KEYS = tuple(f"{kind}_mAP{tail}" for kind in ("bbox", "segm") for tail in ("", "_50", "_75", "_s", "_m", "_l"))
 LAYER_NORM_2D = "HarnessLN2d"  # a name neither mmdet nor mmseg has (mmdet 3.3 ships no 2D LayerNorm outside projects/)
 
@@ -130,18 +134,24 @@ def _by_depth(recipe: dict[str, Any], depth: int, key: str) -> Any:
 
 
 def _resolve(recipe: dict[str, Any], backbone: str) -> dict[str, Any]:
-    """Fills the recipe's nulls that depend on the backbone (layer decay, drop path, global blocks)."""
+    """Fills the recipe's nulls that depend on the backbone (layer decay, drop path, epochs and milestones, global
+    blocks, patch size)."""
     from backbones.mm import arch_shape  # (embed_dim, depth, patch) from the architecture on the meta device
 
     dim, depth, patch = arch_shape(backbone)
     out = json.loads(json.dumps(recipe))  # a deep copy of plain data
-    for key in ("layer_decay", "drop_path_rate"):
-        if out["optim"][key] is None:
-            out["optim"][key] = _by_depth(out, depth, key)
+    for section, keys in (("optim", ("layer_decay", "drop_path_rate")), ("schedule", ("epochs", "milestones"))):
+        for key in keys:
+            if out[section][key] is None:
+                out[section][key] = _by_depth(out, depth, key)
     model = out["model"]
     if model["window_size"] and model["global_blocks"] is None:  # ViTDet: 4 global blocks at the quarter points
         model["global_blocks"] = [depth // 4 * (i + 1) - 1 for i in range(4)]
-    out["backbone_shape"] = dict(embed_dim=dim, depth=depth, patch_size=patch)
+    if model.get("patch_size") is None:
+        model["patch_size"] = patch
+    if model.get("neck", "simple") not in NECKS:
+        raise ValueError(f"coco recipe key model.neck must be one of {', '.join(NECKS)}, not {model['neck']!r}")
+    out["backbone_shape"] = dict(embed_dim=dim, depth=depth, patch_size=int(model["patch_size"]))
     return out
 
 
@@ -217,9 +227,12 @@ def model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> dic
     m, data = recipe["model"], recipe["data"]
     scales = [float(s) for s in m["scale_factors"]]
     channels = mm.pyramid_channels(ctx.backbone, m["pyramid"], scales)
-    strides = mm.pyramid_strides(ctx.backbone, scales)
+    strides = mm.pyramid_strides(ctx.backbone, scales, patch_size=m.get("patch_size"))
     if not all(float(s).is_integer() for s in strides):
-        raise ValueError(f"backbone {ctx.backbone!r}: pyramid strides {strides} must be integers for mmdet's anchors")
+        raise ValueError(
+            f"backbone {ctx.backbone!r}: pyramid strides {strides} must be integers for mmdet's anchors "
+            f"(set the recipe's model.patch_size, e.g. 16)"
+        )
     strides = [int(s) for s in strides]
     image = data["image_size"] or [get_spec(ctx.backbone).img_size] * 2
     preprocessor = dict(type="DetDataPreprocessor", **mmcommon.data_preprocessor_stats(ctx.backbone), bgr_to_rgb=True,
@@ -231,10 +244,22 @@ def model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> dic
         window_size=m["window_size"], global_blocks=m["global_blocks"] or (), taps=m["taps"], scale_factors=scales,
         rel_pos=m.get("rel_pos"), window_pos=m.get("window_pos") or "interpolate",
     )
-    neck = dict(type="FPN", in_channels=channels, out_channels=m["neck_channels"], num_outs=len(strides) + 1,
-                norm_cfg=dict(type=LAYER_NORM_2D, requires_grad=True))  # the extra level: max-pool of the last
+    if m.get("patch_size") is not None:
+        backbone["patch_size"] = int(m["patch_size"])
+    neck = _neck(m, channels, len(strides) + 1)  # the extra level: max-pool of the last
     heads = _heads(m, recipe, m["neck_channels"], strides, num_classes)
     return dict(type="MaskRCNN", data_preprocessor=preprocessor, backbone=backbone, neck=neck, **heads)
+
+
+def _neck(m: dict[str, Any], channels: list[int], num_outs: int) -> dict[str, Any]:
+    """ViTDet's simple feature pyramid convs (`HarnessSimpleFPN`), or mmdet's FPN (top-down fusion) for `neck: fpn`."""
+    neck = m.get("neck", "simple")
+    if neck == "simple":
+        if m["pyramid"] != "simple":
+            raise ValueError("coco recipe: model.neck 'simple' needs model.pyramid 'simple' (ViTDet); use neck 'fpn'")
+        return dict(type="HarnessSimpleFPN", in_channels=channels, out_channels=m["neck_channels"], num_outs=num_outs)
+    return dict(type="FPN", in_channels=channels, out_channels=m["neck_channels"], num_outs=num_outs,
+                norm_cfg=dict(type=LAYER_NORM_2D, requires_grad=True))
 
 
 def _pipelines(recipe: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -5,6 +5,7 @@ nested settings. `include: base.yaml` (or a list) merges the named files first, 
 dotted keys (`optim.lr=1e-3`) applied last; an override of a key that no recipe level defines is an error, so a typo
 cannot silently do nothing, and so is a value of another kind than the recipe's (`_allowed`: an integer for an integer,
 a finite number for a number, not negative where the recipe's is not), so that a bad value fails while planning.
+Null (the recipe's "default" or "off") may replace a value where some recipe of the same task writes null.
 """
 
 from __future__ import annotations
@@ -107,7 +108,26 @@ def _allowed(old: Any, new: Any) -> str | None:
     return None
 
 
-def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+def _null_keys(node: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in node.items():
+        if isinstance(v, dict):
+            keys |= _null_keys(v, f"{prefix}{k}.")
+        elif v is None:
+            keys.add(f"{prefix}{k}")
+    return keys
+
+
+def nullable_keys(task: str) -> set[str]:
+    """Dotted keys that some recipe of `task` sets to null: the task reads null there (a default, or off)."""
+    keys: set[str] = set()
+    for path in sorted((RECIPE_DIR / task).glob("*.yaml")):
+        keys |= _null_keys(_read(path.resolve()))
+    return keys
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: str,
+                    nullable: set[str] = frozenset()) -> dict[str, Any]:
     out = copy.deepcopy(recipe)
     for dotted, value in overrides.items():
         node = out
@@ -118,7 +138,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: s
             node = node[p]
         if leaf not in node:
             raise KeyError(f"override {dotted!r}: {source} has no key {leaf!r} (known: {', '.join(sorted(node))})")
-        allowed = _allowed(node[leaf], value)
+        allowed = None if value is None and dotted in nullable else _allowed(node[leaf], value)
         if allowed:
             raise ValueError(f"override {dotted}={value!r}: {source} has {node[leaf]!r} there; allowed: {allowed}")
         node[leaf] = value
@@ -131,6 +151,6 @@ def load_recipe(task: str, name: str, overrides: dict[str, Any] | None = None) -
     recipe = _read(path.resolve())
     if "version" not in recipe:
         raise ValueError(f"recipe {path} has no 'version'")
-    recipe = apply_overrides(recipe, overrides or {}, str(path))
+    recipe = apply_overrides(recipe, overrides or {}, str(path), nullable_keys(task) if overrides else frozenset())
     recipe.setdefault("name", path.stem)
     return recipe

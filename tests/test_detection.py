@@ -26,34 +26,53 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("name", ["paper", "short", "tiny"])
 def test_recipes_load_with_version(name: str) -> None:
-    recipe = load_recipe("coco", name)
+    from tasks.detection import _resolve
+
+    recipe = _resolve(load_recipe("coco", name), "mae_vit_base_patch16")
     assert recipe["version"] >= 1 and recipe["name"] == name
     assert recipe["schedule"]["epochs"] >= max(recipe["schedule"]["milestones"], default=0)
 
 
 @pytest.mark.parametrize(
-    "backbone, decay, drop_path, global_blocks",
+    "backbone, decay, drop_path, global_blocks, epochs, milestones",
     [
-        ("mae_vit_base_patch16", 0.7, 0.1, [2, 5, 8, 11]),
-        ("mae_vit_large_patch16", 0.8, 0.4, [5, 11, 17, 23]),
-        ("mae_vit_huge_patch14", 0.9, 0.5, [7, 15, 23, 31]),
+        ("mae_vit_base_patch16", 0.7, 0.1, [2, 5, 8, 11], 100, [88, 96]),
+        ("mae_vit_large_patch16", 0.8, 0.4, [5, 11, 17, 23], 100, [88, 96]),
+        ("mae_vit_huge_patch14", 0.9, 0.5, [7, 15, 23, 31], 75, [66, 72]),  # mask_rcnn_vitdet_h_75ep
     ],
 )
 def test_paper_recipe_follows_vitdet_per_size(
-    backbone: str, decay: float, drop_path: float, global_blocks: list[int]
+    backbone: str, decay: float, drop_path: float, global_blocks: list[int], epochs: int, milestones: list[int]
 ) -> None:
     from tasks.detection import _resolve
 
     recipe = _resolve(load_recipe("coco", "paper"), backbone)
     assert recipe["optim"]["layer_decay"] == decay and recipe["optim"]["drop_path_rate"] == drop_path
     assert recipe["model"]["global_blocks"] == global_blocks
+    assert recipe["schedule"]["epochs"] == epochs and recipe["schedule"]["milestones"] == milestones
+    assert recipe["model"]["patch_size"] == 16 and recipe["backbone_shape"]["patch_size"] == 16  # ViT-H/14 too
+    assert recipe["model"]["neck"] == "simple" and recipe["model"]["pyramid"] == "simple"
     assert recipe["data"]["image_size"] == [1024, 1024] and recipe["optim"]["lr"] == 1e-4
+    short = _resolve(load_recipe("coco", "short"), backbone)
+    assert short["schedule"]["epochs"] == 25 and short["schedule"]["milestones"] == [22, 24]
 
 
-def _config(tmp_path: Path, small_set: Path, recipe_name: str, **ctx_kwargs: Any) -> dict[str, Any]:
+def test_vit_h_paper_config_has_integer_strides(tmp_path: Path, small_set: Path) -> None:
+    """ViT-H/14 used to raise (strides 3.5, 7, ...); at ViTDet's patch 16 its pyramid is 4 to 64."""
+    cfg = _config(tmp_path, small_set, "paper", backbone="mae_vit_huge_patch14")
+    model = cfg["model"]
+    assert model["backbone"]["patch_size"] == 16 and model["neck"]["type"] == "HarnessSimpleFPN"
+    assert model["roi_head"]["bbox_roi_extractor"]["featmap_strides"] == [4, 8, 16, 32]
+    assert model["neck"]["in_channels"] == [320, 640, 1280, 1280]
+    assert cfg["train_cfg"]["max_epochs"] == 75
+
+
+def _config(
+    tmp_path: Path, small_set: Path, recipe_name: str, backbone: str = "test_vit", **ctx_kwargs: Any
+) -> dict[str, Any]:
     from tasks import detection
 
-    ctx = TaskContext(backbone="test_vit", work_dir=tmp_path / "work", recipe=recipe_name, data_root=small_set,
+    ctx = TaskContext(backbone=backbone, work_dir=tmp_path / "work", recipe=recipe_name, data_root=small_set,
                       **ctx_kwargs)
     recipe = detection._resolve(load_recipe("coco", recipe_name, ctx.overrides), ctx.backbone)
     return detection.build_config(ctx, recipe, small_set, detection.check_coco_root(small_set))
@@ -74,11 +93,12 @@ def _build_model(cfg: dict[str, Any]) -> torch.nn.Module:
 
 
 @pytest.mark.mm
-@pytest.mark.parametrize("pyramid", ["simple", "taps"])
-def test_config_builds_a_consistent_mask_rcnn(tmp_path: Path, small_set: Path, pyramid: str) -> None:
+@pytest.mark.parametrize("pyramid, neck", [("simple", "simple"), ("taps", "fpn")])
+def test_config_builds_a_consistent_mask_rcnn(tmp_path: Path, small_set: Path, pyramid: str, neck: str) -> None:
     from backbones import mm
 
-    cfg = _config(tmp_path, small_set, "paper", overrides={"model.pyramid": pyramid})
+    overrides = {"model.pyramid": pyramid, "model.neck": neck, "model.patch_size": None}  # test_vit's own patch 8
+    cfg = _config(tmp_path, small_set, "paper", overrides=overrides)
     assert "backbones.mm" in cfg["custom_imports"]["imports"] and cfg["launcher"] == "none"
     assert cfg["optim_wrapper"]["type"] == "OptimWrapper"  # CPU: no AmpOptimWrapper
     assert cfg["optim_wrapper"]["paramwise_cfg"] == {"layer_decay_rate": 0.7, "decay_rule": "detectron2"}  # ViTDet-B
@@ -88,7 +108,12 @@ def test_config_builds_a_consistent_mask_rcnn(tmp_path: Path, small_set: Path, p
     assert all(isinstance(b.attn, mm.RelPosAttention) and b.attn.mode == "decomposed" for b in backbone.vit.blocks)
     strides = mm.pyramid_strides("test_vit")  # patch 8: 2, 4, 8, 16
     assert backbone.out_channels == mm.pyramid_channels("test_vit", pyramid)
-    assert [m.in_channels for m in model.neck.lateral_convs] == backbone.out_channels
+    if neck == "simple":  # ViTDet: no top-down path, one 1x1 + 3x3 branch per level
+        assert type(model.neck).__name__ == "HarnessSimpleFPN" and not hasattr(model.neck, "fpn_convs")
+        assert [level[0].in_channels for level in model.neck.levels] == backbone.out_channels
+        assert backbone.vit.cls_token is None  # ViTDet's backbone has no class token
+    else:
+        assert [m.in_channels for m in model.neck.lateral_convs] == backbone.out_channels
     assert model.rpn_head.prior_generator.strides == [(s, s) for s in [*strides, 2 * strides[-1]]]
     assert model.roi_head.bbox_roi_extractor.featmap_strides == strides
     norms = [type(m).__name__ for m in [*model.neck.modules(), *model.roi_head.mask_head.modules()]]
@@ -107,8 +132,11 @@ def test_checkpoint_weights_survive_mmengine_init(tmp_path: Path, small_set: Pat
     cfg = _config(tmp_path, small_set, "tiny", checkpoint=str(tmp_path / "vit.pth"))
     backbone = _build_model(cfg).backbone
     assert backbone.load_report["pretrained"] and backbone.load_report["checkpoint"] == str(tmp_path / "vit.pth")
+    want = {**vit.state_dict(), "pos_embed": vit.pos_embed.detach()[:, 1:]}  # ViTDet: no class token, nor its entry
+    assert set(backbone.vit.state_dict()) == set(want) - {"cls_token", "norm.weight", "norm.bias"}  # norm: unused
     for name, tensor in backbone.vit.state_dict().items():
-        torch.testing.assert_close(tensor, vit.state_dict()[name], msg=name)
+        torch.testing.assert_close(tensor, want[name], msg=name)
+    assert {"cls_token", "pos_embed[:, 0] (the class token's entry)"} <= set(backbone.load_report["removed"])
 
 
 def _break(root: Path, how: str) -> Path:
