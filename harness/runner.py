@@ -323,7 +323,7 @@ def data_fingerprints(tasks: list[str], data_roots: dict[str, str], embedded: Pa
 def check_log_backend(flag: str | None) -> None:
     """The backend the workers will log to, `--log-backend` or else a `HARNESS_LOG_BACKEND` they inherit, needs its
     package where they run (this interpreter): say what to install, now."""
-    from harness.worker import LOG_BACKEND_ENV, log_backend, log_backend_missing
+    from tasks.training import LOG_BACKEND_ENV, log_backend, log_backend_missing
 
     try:
         choice = flag or log_backend()

@@ -7,10 +7,7 @@ with the metrics, or failed with the error when the task raised. A loss that is 
 raised by every training loop) fails the run with `failure: {step, loss}`; a non-finite metric fails it too, and a
 failed record keeps no metric. Under several processes only rank 0 writes. A worker dies with the process that started
 it (`die_with_parent`); one that dies without a record (a signal, the OOM killer) is recorded as failed by the runner,
-which sees the exit status.
-
-Optional logging (`harness run --log-backend`, off by default) uses the backends mmengine has: `vis_backends()` for the
-tasks that build an mmengine Runner, `ScalarLog` for the loops of their own (classification, pretraining).
+which sees the exit status. Optional logging to TensorBoard or W&B lives in `tasks.training`.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from typing import Any
 
 from harness import provenance, store
 from tasks import NonFiniteLoss
+from tasks.training import ScalarLog, log_backend, log_backend_missing, vis_backends  # noqa: F401  (their old home)
 
 PARENT_ENV = "HARNESS_RUNNER_PID"  # the runner's pid: a worker exits when that process is gone
 # Keys of a job file (written by `harness.runner.Run.job`).
@@ -84,77 +82,6 @@ def pick_device(requested: str, launcher: str) -> str:
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return "cuda"
-
-
-LOG_BACKEND_ENV = "HARNESS_LOG_BACKEND"  # set by `harness run --log-backend`
-# choice -> (mmengine vis backend, the module it needs, how to get it)
-LOG_BACKENDS = {
-    "tensorboard": ("TensorboardVisBackend", "tensorboard", "pip install tensorboard"),
-    "wandb": ("WandbVisBackend", "wandb", "pip install wandb (W&B logs without an account or network with "
-              "WANDB_MODE=offline; `wandb sync` uploads later)"),
-}
-
-
-def log_backend() -> str | None:
-    """The backend chosen for this run (`HARNESS_LOG_BACKEND`), or None: no remote logging, the default."""
-    choice = os.environ.get(LOG_BACKEND_ENV, "").strip().lower()
-    if not choice:
-        return None
-    if choice not in LOG_BACKENDS:
-        raise ValueError(f"{LOG_BACKEND_ENV}={choice!r}: known backends are {', '.join(LOG_BACKENDS)}")
-    return choice
-
-
-def log_backend_missing(choice: str) -> str | None:
-    """What to install for `choice` to work here, or None when its package is importable. Imports nothing."""
-    _, module, install = LOG_BACKENDS[choice]
-    return None if importlib.util.find_spec(module) else f"the {module} package is not installed: {install}"
-
-
-def vis_backends() -> list[dict[str, Any]]:
-    """mmengine `visualizer.vis_backends` for the run: local files always, plus TensorBoard or W&B when asked.
-
-    Tasks that build an mmengine Runner put this list in their config; nothing is logged remotely by default."""
-    backends: list[dict[str, Any]] = [{"type": "LocalVisBackend"}]
-    choice = log_backend()
-    if choice:
-        backends.append({"type": LOG_BACKENDS[choice][0]})
-    return backends
-
-
-class ScalarLog:
-    """The scalars of a training loop of its own (classification, pretraining) through the backends of
-    `vis_backends()`, built by mmengine's registry as a Runner builds them and written where a Runner's are, under
-    `work_dir/vis_data/` (`scalars.json`, TensorBoard's event files, W&B's run folder). With no backend chosen it
-    holds nothing, imports nothing and writes nothing; `enabled=False` (ranks other than 0) does the same."""
-
-    def __init__(self, work_dir: str | Path, enabled: bool = True) -> None:
-        self.backends: list[Any] = []
-        choice = log_backend() if enabled else None
-        if choice is None:
-            return
-        missing = log_backend_missing(choice)
-        if missing:
-            raise ModuleNotFoundError(f"{LOG_BACKEND_ENV}={choice}: {missing}")
-        import mmengine.visualization  # noqa: F401  (registers the vis backends)
-        from mmengine.registry import VISBACKENDS
-
-        save_dir = str(Path(work_dir) / "vis_data")
-        self.backends = [VISBACKENDS.build({**cfg, "save_dir": save_dir}) for cfg in vis_backends()]
-
-    def add(self, scalars: dict[str, float], step: int) -> None:
-        for backend in self.backends:
-            backend.add_scalars(scalars, step=step)
-
-    def close(self) -> None:
-        for backend in self.backends:
-            backend.close()
-
-    def __enter__(self) -> ScalarLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _run_task(job: dict[str, Any], device: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -78,7 +78,7 @@ def test_log_backend_reaches_the_worker_env(monkeypatch) -> None:
     import argparse
 
     from harness.runner import worker_env
-    from harness.worker import vis_backends
+    from tasks.training import vis_backends
 
     env = worker_env(argparse.Namespace(log_backend="tensorboard"))
     assert env["HARNESS_LOG_BACKEND"] == "tensorboard" and str(ROOT) in env["PYTHONPATH"].split(":")
