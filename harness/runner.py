@@ -32,25 +32,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import provenance, store
 
+if TYPE_CHECKING:
+    from tasks.spec import TaskSpec
+
 DID_NOT_START = 126
 MAX_FAILED = 125
-# Tasks that take an evaluation protocol, and the protocols they know (MAE Sec. 4: fine-tuning, linear probing,
-# partial fine-tuning of the last blocks).
-TASK_PROTOCOLS = {"in1k": ("finetune", "linprobe", "partial")}
-# The metric the summary shows first, when a run reports it.
-MAIN_METRICS = ("top1", "bbox_mAP", "coco/bbox_mAP", "mIoU", "final_loss")
-# Real data: task -> (folder under --data-root, entries that must exist, alternative sub-folders to look in).
-DATA_LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "in1k": ("imagenet", ("train", "val"), ()),
-    "coco": ("coco", ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017",
-                      "val2017"), ()),
-    "ade20k": ("ade20k", ("images/training", "images/validation", "annotations/training", "annotations/validation"),
-               ("ADEChallengeData2016",)),
-}
+# What a pretraining's summary shows (task runs show their spec's main metrics).
+PRETRAIN_METRICS = ("final_loss",)
+PRETRAIN_DATA = "in1k"  # the task whose real data the pretrainings read
 # Spec fields that do not change what a run measures (the checkpoint's sha256 stands for the weights).
 _SPEC_NOT_IN_ID = ("name", "description", "license", "checkpoint", "url", "sha256", "paper_name", "pretrain_epochs")
 
@@ -158,6 +151,7 @@ class Plan:
     preset: str
     backbone_modules: list[str]
     backbone_files: list[str] = field(default_factory=list)
+    task_specs: dict[str, TaskSpec] = field(default_factory=dict)  # by task name
     shares: list[dict[str, str]] = field(default_factory=lambda: [{}])  # per concurrent job: its GPUs or threads
 
     @property
@@ -198,14 +192,18 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_suite(items: list[str], extra: dict[str, str]) -> list[tuple[str, str]]:
-    """Suite entries -> (task name, target). Entries: a known name, NAME=module:fn, NAME=file.py:fn or module:fn."""
-    from tasks import TASKS
+    """Suite entries -> (task name, target). Entries: a known name, a task spec file (my_task.yaml), NAME=module:fn,
+    NAME=file.py:fn or module:fn."""
+    from tasks.spec import builtin_specs, is_spec_file
 
-    known = {**TASKS, **extra}
+    known = {**{n: s.target for n, s in builtin_specs().items()}, **extra}
     out = []
     for item in items:
         name, sep, target = item.partition("=")
-        if sep:
+        if is_spec_file(item):
+            spec = user_spec(item)
+            out.append((spec.name, spec.target))
+        elif sep:
             out.append((name, target))
         elif ":" in item:
             out.append((item, item))
@@ -217,6 +215,33 @@ def parse_suite(items: list[str], extra: dict[str, str]) -> list[tuple[str, str]
             raise PlanError(f"--suite: {unknown_name_error('task', item, sorted(known)).args[0]}")
     if not out:
         raise PlanError("--suite names no task")
+    return out
+
+
+def user_spec(path: str) -> TaskSpec:
+    """A user's task spec file (`--suite my_task.yaml`); its name must not be a built-in task's."""
+    from tasks.spec import SpecError, builtin_specs, load_spec
+
+    try:
+        spec = load_spec(path)
+    except SpecError as e:
+        raise PlanError(f"--suite: {e}") from None
+    if spec.name in builtin_specs():
+        raise PlanError(f"--suite: {path}: name: {spec.name} is a built-in task's; give the task a name of its own")
+    return spec
+
+
+def suite_specs(suite: list[tuple[str, str]], items: list[str]) -> dict[str, TaskSpec]:
+    """The spec of each task of the suite that has one: a spec file, or the built-in spec of its name (whatever its
+    target: a preset may run a built-in task's protocols and table with a target of its own)."""
+    from tasks.spec import builtin_specs, is_spec_file
+
+    names = {name for name, _ in suite}
+    out = {n: s for n, s in builtin_specs().items() if n in names}
+    for item in items:
+        if is_spec_file(item):
+            spec = user_spec(item)
+            out[spec.name] = spec
     return out
 
 
@@ -244,11 +269,12 @@ def recipe_version(task: str, target: str, recipe: str, overrides: dict[str, Any
     A task of the built-in registry must have its recipe under tasks/recipes/<task>/; a task given as module:function
     may keep its recipes elsewhere (its version is then unknown here: None).
     """
-    from tasks import TASKS
     from tasks.recipes import RECIPE_DIR, load_recipe
+    from tasks.spec import task_spec
 
     own = Path(recipe).suffix in (".yaml", ".yml") or (RECIPE_DIR / task / f"{recipe}.yaml").is_file()
-    if not own and TASKS.get(task) != target:
+    builtin = task_spec(task)
+    if not own and (builtin is None or builtin.name != task or builtin.target != target):
         return None
     try:
         return load_recipe(task, recipe, overrides).get("version")
@@ -257,24 +283,26 @@ def recipe_version(task: str, target: str, recipe: str, overrides: dict[str, Any
         raise PlanError(f"task {task}: {msg}") from None
 
 
-def check_data(tasks: list[str], data_root: str | None) -> dict[str, str]:
-    """Per-task data folders for real data; raises naming what was looked for, where, and what to pass instead."""
+def check_data(tasks: list[str], data_root: str | None, specs: dict[str, TaskSpec]) -> dict[str, str]:
+    """Per-task data folders for real data (the specs' layouts); raises naming what was looked for, where, and what
+    to pass instead."""
+    layouts = {t: specs[t].data for t in tasks if t in specs and specs[t].data is not None}
     if not data_root:
         raise PlanError(
             f"tasks {', '.join(tasks)} need real data: pass --data-root DIR (with "
-            + ", ".join(f"{DATA_LAYOUT[t][0]}/" for t in tasks if t in DATA_LAYOUT)
+            + ", ".join(f"{layouts[t].folder}/" for t in tasks if t in layouts)
             + ") or per task --data-root in1k=DIR,coco=DIR; or use --preset tiny for the embedded Fashion-MNIST sets"
         )
     per_task = _pairs(_split(data_root), "--data-root") if "=" in data_root else {}
     out, problems = {}, []
     for task in tasks:
-        if task not in DATA_LAYOUT:
+        if task not in layouts:
             if task in per_task:
                 out[task] = per_task[task]
             elif not per_task:
                 out[task] = data_root
             continue
-        sub, needed, alternatives = DATA_LAYOUT[task]
+        sub, needed, alternatives = layouts[task].folder, layouts[task].required, layouts[task].alternatives
         root = Path(per_task[task]) if task in per_task else Path(data_root) / sub
         if per_task and task not in per_task:
             problems.append(f"{task}: no folder given (add {task}=DIR to --data-root)")
@@ -315,8 +343,8 @@ def data_fingerprints(tasks: list[str], data_roots: dict[str, str], embedded: Pa
         if root not in by_root:
             by_root[root] = fingerprint(root)
         out[task] = by_root[root]
-    if "in1k" in out:
-        out["pretrain"] = out["in1k"]
+    if PRETRAIN_DATA in out:
+        out["pretrain"] = out[PRETRAIN_DATA]
     return out
 
 
@@ -376,6 +404,7 @@ class Inputs:
 
     preset: Any
     suite: list[tuple[str, str]]
+    task_specs: dict[str, TaskSpec]  # by task name, for the tasks that have one
     specs: dict[str, Any]  # by backbone name
     backbone_files: list[str]  # the backbone YAML files among them, which each worker reads again
     seeds: list[int]
@@ -400,7 +429,9 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
             load_backbone_module(module)
         except ModuleNotFoundError as e:
             raise PlanError(str(e)) from None
-    suite = parse_suite(_split(args.suite) or preset.suite, preset.tasks)
+    items = _split(args.suite) or preset.suite
+    suite = parse_suite(items, preset.tasks)
+    task_specs = suite_specs(suite, items)
     backbones = _split(args.backbones) or preset.backbones
     if not backbones:
         raise PlanError(f"no backbones: pass --backbones (preset {preset.name} names none)")
@@ -428,8 +459,9 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
                                                           "--recipe")}
     embedded = preset.data == "embedded" and not args.data_root
     fashion = check_embedded_data() if embedded else None
-    data_roots = {} if embedded else check_data(tasks, args.data_root)
-    return Inputs(preset=preset, suite=suite, specs=specs, backbone_files=files, seeds=seeds, given=given,
+    data_roots = {} if embedded else check_data(tasks, args.data_root, task_specs)
+    return Inputs(preset=preset, suite=suite, task_specs=task_specs, specs=specs, backbone_files=files, seeds=seeds,
+                  given=given,
                   overrides=parse_overrides(args.overrides, tasks), recipes=recipes,
                   data="embedded" if embedded else "real", data_roots=data_roots,
                   fingerprints=data_fingerprints(tasks, data_roots, fashion))
@@ -445,7 +477,7 @@ def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, 
         recipe = pre.recipe.format(method=method) if pre.recipe else None
         run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=spec.to_dict(),
                   recipe=recipe, overrides=pre.overrides, data=inp.data, method=method, epochs=epochs or pre.epochs,
-                  data_root=inp.data_roots.get("in1k"), data_fingerprint=inp.fingerprints.get("pretrain"))
+                  data_root=inp.data_roots.get(PRETRAIN_DATA), data_fingerprint=inp.fingerprints.get("pretrain"))
         if recipe:
             run.recipe_version = recipe_version("pretrain", pre.target, recipe, pre.overrides)
         run.assign_id()
@@ -477,7 +509,7 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
         for task, target in inp.suite:
             recipe = inp.recipes.get(task) or inp.recipes["*"] or inp.preset.recipe_for(task)
             version = recipe_version(task, target, recipe, inp.overrides[task])
-            for protocol in _protocols(task, args.protocols, inp.preset.protocols):
+            for protocol in _protocols(inp.task_specs.get(task), args.protocols, inp.preset.protocols):
                 for name, spec in inp.specs.items():
                     run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(), seed=seed,
                               protocol=protocol, recipe=recipe, recipe_version=version,
@@ -533,14 +565,15 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise PlanError(f"--jobs must be at least 1, got {jobs}")
     shares = [{}] if args.launcher == "slurm" else machine_shares(
         jobs, args.gpus if args.launcher == "torchrun" else 1, args.device)
-    return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name,
+    return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name, task_specs=inp.task_specs,
                 backbone_modules=list(args.backbone_module), backbone_files=inp.backbone_files, shares=shares)
 
 
-def _protocols(task: str, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
-    known = TASK_PROTOCOLS.get(task)
+def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
+    known = spec.protocols if spec else ()
     if not known:
         return [None]
+    task = spec.name
     chosen = _split(flag) or preset.get(task) or list(known)
     bad = [p for p in chosen if p not in known]
     if bad:
@@ -1009,10 +1042,35 @@ def _after_finished(plan: Plan, run: Run, force: bool) -> bool:
     return True
 
 
+def main_metrics(plan: Plan, run: Run) -> tuple[str, ...]:
+    """What the summary shows of a run, the first present: its task's main metrics, else any task's of the suite."""
+    if run.kind == "pretrain":
+        return PRETRAIN_METRICS
+    spec = plan.task_specs.get(run.task)
+    if spec is not None:
+        return spec.main_metrics
+    from tasks.spec import builtin_specs
+
+    specs = {**builtin_specs(), **plan.task_specs}
+    return tuple(k for s in specs.values() for k in s.main_metrics) + PRETRAIN_METRICS
+
+
+def save_specs(plan: Plan) -> None:
+    """Copies the spec files of users' tasks into OUT/specs/, where `harness report --runs OUT` finds their tables."""
+    from tasks.spec import SPEC_DIR
+
+    for spec in plan.task_specs.values():
+        if spec.path and Path(spec.path).resolve().parent != SPEC_DIR:
+            dest = plan.out / store.SPECS / f"{spec.name}.yaml"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(spec.path, dest)
+
+
 def summary(plan: Plan) -> str:
     rows = []
     for r in plan.runs:
-        main = next(((k, r.metrics[k]) for k in MAIN_METRICS if k in r.metrics), next(iter(r.metrics.items()), None))
+        keys = main_metrics(plan, r)
+        main = next(((k, r.metrics[k]) for k in keys if k in r.metrics), next(iter(r.metrics.items()), None))
         shown = f"{main[0]}={main[1]:.4g}" if main and isinstance(main[1], int | float) else ""
         status = {"done": "skipped (done)", "busy": "skipped (running elsewhere)"}.get(r.status, r.status)
         note = r.error or ""
@@ -1054,6 +1112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(plan)
         return 0
+    save_specs(plan)
     received: list[int] = []
     try:
         with _stop_signals_interrupt(received):

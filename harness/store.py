@@ -23,6 +23,7 @@ SUFFIX = ".json"
 _TMP_PREFIX = ".tmp-"
 REQUIRED = ("run_id", "status", "attempt")
 STATUSES = ("finished", "failed")
+SPECS = "specs"  # beside RECORDS/: the spec files of users' tasks (`harness run --suite my_task.yaml`)
 
 
 def new_attempt() -> str:

@@ -368,3 +368,38 @@ def test_machine_shares(monkeypatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert machine_shares(2, 1, "auto") == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
     assert machine_shares(16, 1, "cpu")[0]["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_user_task_spec_runs_and_reaches_a_table(tmp_path, monkeypatch, capsys) -> None:
+    """`--suite my_task.yaml`: a task of the user's with its own target, protocols and columns, reported as ours."""
+    preset = write_suite(tmp_path)
+    spec = tmp_path / "my_task.yaml"
+    spec.write_text(f"name: mytask\ntarget: '{DUMMY}:run'\ntitle: My task score (%)\nprotocols: [easy, hard]\n"
+                    "main_metrics: [score]\ncolumns:\n"
+                    "  - {key: my_easy, label: My easy score, protocol: easy, metrics: [score]}\n"
+                    "  - {key: my_hard, label: My hard score, protocol: hard, metrics: [score], scale: {score: 2.0}}\n")
+    out = tmp_path / "out"
+    args = [*base_args(preset, out), "--suite", str(spec), "--backbones", TINY[0], "--set", "mytask.metric=score"]
+    assert harness(monkeypatch, *args, "--dry-run") == 0
+    assert {"easy", "hard"} <= set(capsys.readouterr().out.split())
+    assert harness(monkeypatch, *args) == 0
+    recs = latest(out)
+    assert sorted(r["protocol"] for r in recs.values()) == ["easy", "hard"]
+    assert "score=" in capsys.readouterr().out  # the summary shows the spec's main metric
+    table = (out / "results" / "mytask.md").read_text()
+    assert table.startswith("### My task score (%), recipe ") and "My easy score" in table and "My hard score" in table
+    hard = next(r for r in recs.values() if r["protocol"] == "hard")["metrics"]["score"]
+    assert f"{2 * hard:.1f} (n=1)" in table  # the spec's scale applies
+    assert (out / "specs" / "mytask.yaml").is_file()  # `harness report --runs OUT` finds the table again
+    capsys.readouterr()
+    assert harness(monkeypatch, "report", "--runs", str(out), "--out", str(tmp_path / "again"), "--no-plots") == 0
+    assert (tmp_path / "again" / "mytask.md").read_text() == table
+
+
+def test_a_bad_task_spec_is_named_before_anything_runs(tmp_path, monkeypatch, capsys) -> None:
+    preset, spec = write_suite(tmp_path), tmp_path / "bad.yaml"
+    spec.write_text(f"name: bad\ntarget: '{DUMMY}:run'\ncolumns:\n  - {{key: c, label: C, metric: [score]}}\n")
+    assert harness(monkeypatch, *base_args(preset, tmp_path / "out"), "--suite", str(spec)) == DID_NOT_START
+    err = capsys.readouterr().err
+    assert str(spec) in err and "columns[0]" in err and "metric" in err
+    assert not (tmp_path / "out").exists()
