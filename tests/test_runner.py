@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness import store
-from harness.runner import DID_NOT_START, Run, log_progress
+from harness.run import DID_NOT_START
+from harness.run.plan import Run
+from harness.run.view import log_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,7 +275,7 @@ def test_missing_weights_and_bad_flags_stop_before_any_work(tmp_path, monkeypatc
 
 
 def test_help_is_fast_and_imports_no_torch() -> None:
-    code = ("import sys, harness.runner, harness.report, harness.store, harness.plots, harness.presets, "
+    code = ("import sys, harness.run, harness.report, harness.store, harness.plots, harness.presets, "
             "harness.provenance, harness.reference, harness.worker; "
             "heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'timm') if m in sys.modules]; "
             "assert not heavy, heavy")
@@ -357,7 +359,7 @@ def test_jobs_flag_and_preset_key_are_checked(tmp_path, monkeypatch, capsys) -> 
 
 
 def test_machine_shares(monkeypatch) -> None:
-    from harness.runner import PlanError, machine_shares
+    from harness.run.plan import PlanError, machine_shares
 
     assert machine_shares(1, 1, "auto") == [{}]  # one job: the environment as it is
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
