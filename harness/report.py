@@ -50,53 +50,23 @@ def report_specs(records: str | Path) -> dict[str, TaskSpec]:
     return {**builtin_specs(), **suite_specs(records_dir(records).parent / store.SPECS)}
 
 
-def _dotted(node: Any, path: str) -> Any:
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def column_key(col: Column, rec: dict[str, Any]) -> str:
-    """The column a record feeds: a split column's runs with different values (partial fine-tuning's K) are
-    different settings, not seeds."""
-    if col.split is None:
-        return col.key
-    value = (rec.get("extra") or {}).get(col.split.extra)
-    if value is None:
-        value = _dotted(rec.get("recipe") or {}, col.split.recipe)
-    return f"{col.key}_k{value}" if value is not None else col.key
-
-
-def _split_value(key: str, col: Column) -> str | None:
-    """The value of a split column's key (`in1k_partial_k2` -> '2'), or None."""
-    prefix = f"{col.key}_k"
-    return key.removeprefix(prefix) if col.split is not None and key.startswith(prefix) else None
+    """The column a record feeds (a split column's: one per value of its setting)."""
+    return col.key_for(rec.get("extra") or {}, rec.get("recipe") or {})
 
 
 def column_label(key: str, specs: dict[str, TaskSpec] | None = None) -> str:
-    for col in all_columns(_specs(specs)).values():
-        value = _split_value(key, col)
-        if value is not None:
-            return col.split.label.format(value)
-        if col.key == key:
-            return col.label
-    raise KeyError(key)
-
-
-def _by_number(value: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(value))
-    except ValueError:
-        return (1, value)
+    label = next((c.label_for(key) for c in all_columns(_specs(specs)).values() if c.label_for(key)), None)
+    if label is None:
+        raise KeyError(key)
+    return label
 
 
 def present_columns(columns: tuple[Column, ...], available: set[str]) -> list[str]:
-    """The table's columns that have values, with a split column expanded into one per value."""
+    """The table's columns that have values, with a split column expanded into one per value (in number order)."""
     out = []
     for c in columns:
-        if c.split is not None:
-            per_value = [a for a in available if _split_value(a, c) is not None]
-            out += sorted(per_value, key=lambda a, c=c: _by_number(_split_value(a, c)))
+        out += sorted((a for a in available if c.split_value(a) is not None), key=lambda a, c=c: c.split_order(a))
         if c.key in available:
             out.append(c.key)
     return out

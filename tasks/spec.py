@@ -42,6 +42,41 @@ class Column:
     best_metric: str | None = None  # the best epoch's value, for `harness report --in1k-top1 best`
     split: Split | None = None
 
+    def key_for(self, extra: dict[str, Any], recipe: dict[str, Any]) -> str:
+        """The column a run feeds: a split column's runs with different values (partial fine-tuning's K) are
+        different settings, not seeds: `in1k_partial_k2`."""
+        if self.split is None:
+            return self.key
+        value = extra.get(self.split.extra)
+        if value is None:
+            value = _dotted(recipe, self.split.recipe)
+        return f"{self.key}_k{value}" if value is not None else self.key
+
+    def split_value(self, key: str) -> str | None:
+        """The value in a split column's key (`in1k_partial_k2` -> '2'), or None."""
+        prefix = f"{self.key}_k"
+        return key.removeprefix(prefix) if self.split is not None and key.startswith(prefix) else None
+
+    def split_order(self, key: str) -> tuple[int, float | str]:
+        value = str(self.split_value(key))
+        try:
+            return (0, float(value))
+        except ValueError:
+            return (1, value)
+
+    def label_for(self, key: str) -> str | None:
+        """The label of `key` if it is this column's (or one of its split columns'), else None."""
+        value = self.split_value(key)
+        if value is not None:
+            return self.split.label.format(value)
+        return self.label if key == self.key else None
+
+
+def _dotted(node: Any, path: str) -> Any:
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
 
 @dataclass(frozen=True)
 class DataLayout:

@@ -7,7 +7,6 @@ SIGTERM and SIGHUP take Ctrl-C's path, so that no worker runs on unattended.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -20,31 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from harness import provenance, store
+from harness.records import Job, Record, build_record
 from harness.run.options import RunOptions
 from harness.run.plan import Plan, Run, readiness
 from harness.run.view import Progress, log_progress
 
 
-def job_dict(plan: Plan, run: Run, attempt: str, launcher: str, opts: RunOptions) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id, "attempt": attempt, "kind": run.kind, "task": run.task, "target": run.target,
-        "protocol": run.protocol, "backbone": run.backbone, "backbone_spec": run.spec, "checkpoint": run.checkpoint,
-        "checkpoint_sha256": run.sha256, "recipe": run.recipe, "recipe_version": run.recipe_version,
-        "overrides": run.overrides, "seed": run.seed, "data_root": run.data_root,
-        "data_fingerprint": run.data_fingerprint, "method": run.method,
-        "epochs": run.epochs, "pretrain_run": ({"run_id": run.after.run_id, "method": run.after.method,
-                                                "epochs": run.after.epochs} if run.after else None),
-        "work_dir": str(plan.work_dir(run).resolve()), "log": str(plan.log(run).resolve()),
-        "records": str(plan.records.resolve()), "backbone_modules": plan.backbone_modules,
-        "backbone_files": plan.backbone_files,
-        "allow_pickle": opts.trust_checkpoint, "launcher": launcher, "device": opts.device,
-    }
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+def job_for(plan: Plan, run: Run, attempt: str, launcher: str, opts: RunOptions) -> Job:
+    """The job file's content: the run as its worker needs it."""
+    after = {"run_id": run.after.run_id, "method": run.after.method, "epochs": run.after.epochs} if run.after else None
+    return Job(
+        run_id=str(run.run_id), attempt=attempt, kind=run.kind, task=run.task, target=run.target,
+        protocol=run.protocol, backbone=run.backbone, backbone_spec=run.spec, checkpoint=run.checkpoint,
+        checkpoint_sha256=run.sha256, recipe=run.recipe, recipe_version=run.recipe_version, overrides=run.overrides,
+        seed=run.seed, data_root=run.data_root, data_fingerprint=run.data_fingerprint, method=run.method,
+        epochs=run.epochs, pretrain_run=after, work_dir=str(plan.work_dir(run).resolve()),
+        log=str(plan.log(run).resolve()), records=str(plan.records.resolve()),
+        backbone_modules=plan.backbone_modules, backbone_files=plan.backbone_files,
+        allow_pickle=opts.trust_checkpoint, launcher=launcher, device=opts.device,
+    )
 
 
 def claim(work: Path) -> int | None:
@@ -69,7 +62,7 @@ def finished_meanwhile(plan: Plan, run: Run) -> bool:
     return bool(rec and rec["status"] == "finished")
 
 
-def prepare(plan: Plan, run: Run, launcher: str, opts: RunOptions) -> tuple[Path, dict[str, Any], int] | None:
+def prepare(plan: Plan, run: Run, launcher: str, opts: RunOptions) -> tuple[Path, Job, int] | None:
     """Claims the work folder (emptied under --force), writes the log header and the job file of a new attempt.
 
     None when another `harness run` is running this run now (the run is then 'busy'), or has finished it since this
@@ -89,12 +82,10 @@ def prepare(plan: Plan, run: Run, launcher: str, opts: RunOptions) -> tuple[Path
             if child.name != ".lock":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     plan.log(run).parent.mkdir(parents=True, exist_ok=True)
-    job = job_dict(plan, run, store.new_attempt(), launcher, opts)
+    job = job_for(plan, run, store.new_attempt(), launcher, opts)
     with open(plan.log(run), "a") as log:
-        log.write(f"\n===== {provenance.now()} run {run.run_id} attempt {job['attempt']}: {run.label} =====\n")
-    path = work / "job.json"
-    _write_json(path, job)
-    return path, job, lock
+        log.write(f"\n===== {provenance.now()} run {run.run_id} attempt {job.attempt}: {run.label} =====\n")
+    return job.to_json(work / "job.json"), job, lock
 
 
 def worker_command(job_path: Path, launcher: str, gpus: int) -> list[str]:
@@ -131,22 +122,20 @@ def exit_reason(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def record_crash(plan: Plan, run: Run, job: dict[str, Any], reason: str, started: str, wall: float) -> None:
+def record_crash(plan: Plan, run: Run, job: Job, reason: str, started: str, wall: float) -> None:
     """The record of an attempt that ended without writing its own (a signal, the OOM killer, a torchrun failure)."""
-    from harness.worker import build_record
-
-    rec = build_record(job, "failed", error=f"worker {reason}; see {job['log']}", started_at=started,
+    rec = build_record(job, "failed", error=f"worker {reason}; see {job.log}", started_at=started,
                        wall_time_s=wall)
     store.write_record(plan.records, rec)
 
 
-def finish(plan: Plan, run: Run, job: dict[str, Any], code: int | None, started: str, wall: float) -> None:
+def finish(plan: Plan, run: Run, job: Job, code: int | None, started: str, wall: float) -> None:
     """Reads the attempt's record (or writes the crash record) and sets the run's final status."""
-    if not store.has_attempt(plan.records, str(run.run_id), job["attempt"]):
+    if not store.has_attempt(plan.records, str(run.run_id), job.attempt):
         record_crash(plan, run, job, exit_reason(code), started, wall)
-    rec = next(r for r in store.read_records(plan.records) if r["attempt"] == job["attempt"])
-    run.status, run.wall, run.metrics, run.error = rec["status"], wall, rec.get("metrics") or {}, rec.get("error")
-    run.log = job["log"]
+    rec = Record.from_dict(next(r for r in store.read_records(plan.records) if r["attempt"] == job.attempt))
+    run.status, run.wall, run.metrics, run.error = rec.status, wall, rec.metrics or {}, rec.error
+    run.log = job.log
 
 
 @dataclass
@@ -154,7 +143,7 @@ class Active:
     """A run whose worker is going."""
 
     run: Run
-    job: dict[str, Any]
+    job: Job
     proc: subprocess.Popen
     lock: int
     started: str
