@@ -166,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     if runner and runner != os.getppid() and os.environ.get("LOCAL_RANK") is None and not _alive(runner):
         return 137  # the runner that started this worker died before it got here
     die_with_parent(os.getppid())  # the runner, or under torchrun its agent (which follows the runner)
-    return execute(Job.from_json(args.job))
+    try:
+        job = Job.from_json(args.job)
+    except ValueError as e:  # the message names the file and the key
+        print(f"harness.worker: {e}", file=sys.stderr)
+        return 2
+    return execute(job)
 
 
 if __name__ == "__main__":

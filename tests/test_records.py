@@ -67,3 +67,14 @@ def test_older_records_without_newer_keys_still_read(tmp_path: Path) -> None:
 def test_the_report_reads_record_fields() -> None:
     """What the report keeps of a record names fields of `Record`."""
     assert set(results.report_fields()) <= set(Record.__dataclass_fields__)
+
+
+def test_the_worker_names_a_bad_job_file_without_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "job.json").write_text(json.dumps({"run_id": "r"}))
+    r = subprocess.run([sys.executable, "-m", "harness.worker", str(tmp_path / "job.json")], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"job file {tmp_path / 'job.json'} lacks attempt" in r.stderr

@@ -405,3 +405,16 @@ def test_a_bad_task_spec_is_named_before_anything_runs(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert str(spec) in err and "columns[0]" in err and "metric" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_run_ids_do_not_change() -> None:
+    """A run's id is the key of its records and work folder: the same inputs must hash as they always have."""
+    spec = {"name": "x", "arch": "vit_tiny_patch16_224", "family": "mae", "checkpoint": "/a", "sha256": "s"}
+    run = Run(kind="task", task="in1k", target="tasks.classification:run", backbone="x", spec=spec, seed=1,
+              protocol="linprobe", recipe="tiny", recipe_version=2, overrides={"finetune.blr": 0.01}, data="real",
+              data_fingerprint="fp", sha256="abc")
+    pre = Run(kind="pretrain", task="pretrain", target="harness.pretrain:pretrain", backbone="x", spec=spec,
+              recipe="mae_tiny", recipe_version=1, method="mae", epochs=4)
+    run.assign_id()
+    pre.assign_id()
+    assert (run.run_id, pre.run_id) == ("c65521cc981b", "c23608d97934")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import provenance, store
+from harness.records import Record
 from harness.run.inputs import (
     PRETRAIN_DATA,
     Inputs,
@@ -116,7 +117,7 @@ def build_plan(opts: RunOptions) -> Plan:
     check_launcher(opts.launcher)
     inp = read_inputs(opts)
     out = Path(opts.out)
-    records = store.latest(store.read_records(out / "records"))
+    records = latest_records(out / "records")
     made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs)
     weights = local_weights(inp, made)
     runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
@@ -129,7 +130,7 @@ def build_plan(opts: RunOptions) -> Plan:
                 backbone_modules=list(opts.backbone_module), backbone_files=inp.backbone_files, shares=shares)
 
 
-def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, epochs: int | None) -> dict[str, Run]:
+def pretrain_runs(inp: Inputs, records: dict[str, Record], force: bool, epochs: int | None) -> dict[str, Run]:
     """The preset's pretrainings, for its backbones that no --checkpoint replaces."""
     pre, made = inp.preset.pretrain, {}
     for name, spec in inp.specs.items():
@@ -148,9 +149,14 @@ def pretrain_runs(inp: Inputs, records: dict[str, dict[str, Any]], force: bool, 
     return made
 
 
-def _pretrain_done(plan_records: dict[str, dict[str, Any]], run: Run) -> bool:
+def latest_records(folder: Path) -> dict[str, Record]:
+    """The newest record of each run id in `folder`."""
+    return {run_id: Record.from_dict(rec) for run_id, rec in store.latest(store.read_records(folder)).items()}
+
+
+def _pretrain_done(plan_records: dict[str, Record], run: Run) -> bool:
     rec = plan_records.get(str(run.run_id))
-    return bool(rec and rec["status"] == "finished" and Path(rec.get("extra", {}).get("encoder", "")).is_file())
+    return bool(rec and rec.status == "finished" and Path((rec.extra or {}).get("encoder", "")).is_file())
 
 
 def local_weights(inp: Inputs, made: dict[str, Run]) -> dict[str, str | None]:
@@ -168,7 +174,7 @@ def local_weights(inp: Inputs, made: dict[str, Run]) -> dict[str, str | None]:
     return weights
 
 
-def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None], records: dict[str, dict[str, Any]],
+def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None], records: dict[str, Record],
               sha_cache: Path, opts: RunOptions) -> list[Run]:
     """One run per (seed, task, protocol, backbone): a whole table per seed first."""
     runs = []
@@ -200,20 +206,20 @@ def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[s
     return list(chosen)
 
 
-def _resolve(run: Run, records: dict[str, dict[str, Any]], sha_cache: Path, force: bool) -> None:
+def _resolve(run: Run, records: dict[str, Record], sha_cache: Path, force: bool) -> None:
     """Gives a task run its checkpoint, sha256, id and plan status, once its weights exist."""
     if run.after is not None:
         if run.after.status not in ("done", "finished"):
             run.status = "pending"
             return
-        run.checkpoint = records[str(run.after.run_id)]["extra"]["encoder"]
+        run.checkpoint = records[str(run.after.run_id)].extra["encoder"]
     run.sha256 = provenance.cached_sha256(run.checkpoint, sha_cache) if run.checkpoint else None
     run.assign_id()
     rec = records.get(str(run.run_id))
-    if rec and rec["status"] == "finished" and not force:
+    if rec and rec.status == "finished" and not force:
         run.status = "done"
     else:
-        run.status = "failed" if rec and rec["status"] == "failed" else "todo"
+        run.status = "failed" if rec and rec.status == "failed" else "todo"
 
 
 def readiness(plan: Plan, run: Run, force: bool) -> str:
@@ -234,7 +240,7 @@ def _after_finished(plan: Plan, run: Run, force: bool) -> bool:
     assert run.after is not None
     if run.after.status not in ("done", "finished"):
         return False
-    records = store.latest(store.read_records(plan.records))
+    records = latest_records(plan.records)
     _resolve(run, records, plan.out / "work" / "sha256_cache.json", force)
     return True
 
