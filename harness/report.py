@@ -3,7 +3,8 @@
 Reads `RUNS/records/*.json` once, each pruned to the fields the tables need (`harness.results`; the newest record of
 each run id counts, failed ones are listed but not averaged), into a pandas frame and writes into `results/`:
 
-* `in1k`, `coco`, `ade20k` tables per setting (the recipe and its `--set` overrides), as in He et al. 2021
+* one table per task spec with columns (`tasks.spec`: `in1k`, `coco`, `ade20k`, and users' tasks whose spec file
+  `harness run` saved in `RUNS/specs/`) per setting (the recipe and its `--set` overrides), as in He et al. 2021
   (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
   mean +- sample std over seeds with n, and the difference of the means to the supervised backbone of the same
   architecture; for recipe `paper`, the published number beside a row of the same family and model size;
@@ -12,7 +13,8 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
 * plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
   pretraining setting, so that their cost follows the settings, not the number of runs).
 
-Metrics are read in percent; mmdet's raw `coco/bbox_mAP` and `coco/segm_mAP` (fractions) are scaled by 100.
+Each column reads the first of its spec's metric keys a record has, scaled as the spec says (mmdet's raw
+`coco/bbox_mAP` and `coco/segm_mAP` are fractions: x100), so that every cell is in percent.
 """
 
 from __future__ import annotations
