@@ -12,7 +12,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("harness.runner", "run a suite of transfer tasks for a set of backbones, then write the report"),
+    "run": ("harness.run", "run a suite of transfer tasks for a set of backbones, then write the report"),
     "report": ("harness.report", "read the result records and write the tables and plots"),
     "pretrain": ("harness.pretrain.cli", "pretrain a ViT with MAE, or a supervised / MoCo v3 baseline"),
     "data": ("harness.data.cli", "write the embedded data sets (ImageNet, COCO and ADE20K layouts)"),

@@ -3,7 +3,8 @@
 Reads `RUNS/records/*.json` once, each pruned to the fields the tables need (`harness.results`; the newest record of
 each run id counts, failed ones are listed but not averaged), into a pandas frame and writes into `results/`:
 
-* `in1k`, `coco`, `ade20k` tables per setting (the recipe and its `--set` overrides), as in He et al. 2021
+* one table per task spec with columns (`tasks.spec`: `in1k`, `coco`, `ade20k`, and users' tasks whose spec file
+  `harness run` saved in `RUNS/specs/`) per setting (the recipe and its `--set` overrides), as in He et al. 2021
   (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
   mean +- sample std over seeds with n, and the difference of the means to the supervised backbone of the same
   architecture; for recipe `paper`, the published number beside a row of the same family and model size;
@@ -12,7 +13,8 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
 * plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
   pretraining setting, so that their cost follows the settings, not the number of runs).
 
-Metrics are read in percent; mmdet's raw `coco/bbox_mAP` and `coco/segm_mAP` (fractions) are scaled by 100.
+Each column reads the first of its spec's metric keys a record has, scaled as the spec says (mmdet's raw
+`coco/bbox_mAP` and `coco/segm_mAP` are fractions: x100), so that every cell is in percent.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.results import recipe_label
+from harness.results import recipe_label, split_overrides
+from tasks.spec import Column, TaskSpec, all_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,57 +38,39 @@ TOP1 = ("last", "best")  # which epoch's IN1K top-1 a table shows: the last (def
 BASELINE_FAMILY = "supervised"
 
 
-@dataclass(frozen=True)
-class Column:
-    """A column of the paper's tables: which runs feed it and which metric key (the first present) it reads."""
+def _specs(specs: dict[str, TaskSpec] | None) -> dict[str, TaskSpec]:
+    from tasks.spec import builtin_specs
 
-    key: str
-    task: str
-    protocol: str | None
-    metrics: tuple[str, ...]
-    label: str
+    return builtin_specs() if specs is None else specs
 
 
-COLUMNS = (
-    Column("in1k_finetune", "in1k", "finetune", ("top1", "accuracy/top1", "acc1"), "IN1K fine-tune top-1"),
-    Column("in1k_linprobe", "in1k", "linprobe", ("top1", "accuracy/top1", "acc1"), "IN1K linear top-1"),
-    Column("in1k_partial", "in1k", "partial", ("top1", "accuracy/top1", "acc1"), "IN1K partial top-1"),
-    Column("coco_box", "coco", None, ("bbox_mAP", "APbox", "coco/bbox_mAP"), "COCO APbox"),
-    Column("coco_mask", "coco", None, ("segm_mAP", "APmask", "coco/segm_mAP"), "COCO APmask"),
-    Column("ade20k_miou", "ade20k", None, ("mIoU", "miou", "ade20k/mIoU"), "ADE20K mIoU"),
-)
-SCALE = {"coco/bbox_mAP": 100.0, "coco/segm_mAP": 100.0}  # mmdet's CocoMetric reports fractions
-TABLES = {"in1k": ("in1k_finetune", "in1k_linprobe", "in1k_partial"), "coco": ("coco_box", "coco_mask"),
-          "ade20k": ("ade20k_miou",)}
-_BY_KEY = {c.key: c for c in COLUMNS}
-PARTIAL = "in1k_partial"  # split by K, the number of tuned blocks: `in1k_partial_k1`, `in1k_partial_k2`, ...
+def report_specs(records: str | Path) -> dict[str, TaskSpec]:
+    """The built-in task specs and those of the users' tasks that a `harness run` saved beside the records."""
+    from harness import store
+    from tasks.spec import builtin_specs, suite_specs
+
+    return {**builtin_specs(), **suite_specs(records_dir(records).parent / store.SPECS)}
 
 
 def column_key(col: Column, rec: dict[str, Any]) -> str:
-    """The column a record feeds: partial fine-tuning results with different K are different settings, not seeds."""
-    if col.key != PARTIAL:
-        return col.key
-    blocks = (rec.get("extra") or {}).get("blocks")
-    if blocks is None:
-        blocks = ((rec.get("recipe") or {}).get("partial") or {}).get("blocks")
-    return f"{PARTIAL}_k{blocks}" if blocks is not None else PARTIAL
+    """The column a record feeds (a split column's: one per value of its setting)."""
+    return col.key_for(rec.get("extra") or {}, rec.get("recipe") or {})
 
 
-def column_label(key: str) -> str:
-    if key.startswith(f"{PARTIAL}_k"):
-        return f"IN1K partial K={key.removeprefix(f'{PARTIAL}_k')} top-1"
-    return _BY_KEY[key].label
+def column_label(key: str, specs: dict[str, TaskSpec] | None = None) -> str:
+    label = next((c.label_for(key) for c in all_columns(_specs(specs)).values() if c.label_for(key)), None)
+    if label is None:
+        raise KeyError(key)
+    return label
 
 
-def present_columns(columns: tuple[str, ...], available: set[str]) -> list[str]:
-    """The table's columns that have values, with the partial column expanded into one per K."""
+def present_columns(columns: tuple[Column, ...], available: set[str]) -> list[str]:
+    """The table's columns that have values, with a split column expanded into one per value (in number order)."""
     out = []
     for c in columns:
-        if c == PARTIAL:
-            per_k = [a for a in available if a.startswith(f"{PARTIAL}_k")]
-            out += sorted(per_k, key=lambda a: int(a.rsplit("k", 1)[1]))
-        if c in available:
-            out.append(c)
+        out += sorted((a for a in available if c.split_value(a) is not None), key=lambda a, c=c: c.split_order(a))
+        if c.key in available:
+            out.append(c.key)
     return out
 
 
@@ -108,13 +92,13 @@ def records_dir(runs: str | Path) -> Path:
 
 
 def _metric(metrics: dict[str, Any], column: Column, top1: str = "last") -> float | None:
-    """The column's value in a record's metrics; with `top1='best'` an IN1K column reads the best epoch's top-1
-    (`top1_best`), and a run that did not record it has no value rather than its last epoch's."""
-    keys = ("top1_best",) if top1 == "best" and column.task == "in1k" else column.metrics
+    """The column's value in a record's metrics; with `top1='best'` a column with a best metric (IN1K's `top1_best`)
+    reads that, and a run that did not record it has no value rather than its last epoch's."""
+    keys = (column.best_metric,) if top1 == "best" and column.best_metric else column.metrics
     for key in keys:
         value = metrics.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value) * SCALE.get(key, 1.0)
+            return float(value) * column.scale.get(key, 1.0)
     return None
 
 
@@ -138,13 +122,16 @@ def _pretrain_epochs(backbone: dict[str, Any], latest: dict[str, dict[str, Any]]
     return pre.get("epochs") or resolved or (backbone.get("spec") or {}).get("pretrain_epochs")
 
 
-def flatten(records: list[dict[str, Any]], top1: str = "last") -> pd.DataFrame:
-    """One row per (run, column) the run feeds, plus one row per run without a value (failed, unknown task); IN1K
-    columns hold the `top1` ('last' or 'best') epoch's top-1."""
+def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, TaskSpec] | None = None
+            ) -> pd.DataFrame:
+    """One row per (run, column) the run feeds, plus one row per run without a value (failed, a task without a
+    table); columns with a best metric hold the `top1` ('last' or 'best') epoch's value."""
     import pandas as pd
 
     from harness import store
 
+    specs = _specs(specs)
+    split = split_overrides(specs)
     rows = []
     latest = store.latest(records)
     for rec in latest.values():
@@ -152,7 +139,7 @@ def flatten(records: list[dict[str, Any]], top1: str = "last") -> pd.DataFrame:
         spec = backbone.get("spec") or {}
         base = {
             "run_id": rec["run_id"], "status": rec["status"], "kind": rec.get("kind", "task"), "task": rec.get("task"),
-            "protocol": rec.get("protocol"), "recipe": recipe_label(rec),
+            "protocol": rec.get("protocol"), "recipe": recipe_label(rec, split),
             "backbone": backbone.get("name"), "family": spec.get("family"), "model": spec.get("paper_name"),
             "size": _size_key(spec), "seed": rec.get("seed"),
             "pretrain_epochs": _pretrain_epochs(backbone, latest),
@@ -160,8 +147,9 @@ def flatten(records: list[dict[str, Any]], top1: str = "last") -> pd.DataFrame:
             "finished_at": rec.get("finished_at"),
         }
         fed = False
-        for col in COLUMNS:
-            if rec.get("task") != col.task or (col.protocol and rec.get("protocol") != col.protocol):
+        spec = specs.get(str(rec.get("task")))
+        for col in spec.columns if spec else ():
+            if col.protocol and rec.get("protocol") != col.protocol:
                 continue
             value = _metric(rec.get("metrics") or {}, col, top1) if rec["status"] == "finished" else None
             if value is not None:
@@ -226,38 +214,41 @@ def fmt_delta(delta: float, digits: int = 1) -> str:
     return "" if delta is None or math.isnan(delta) else f"{delta:+.{digits}f}"
 
 
-def table_title(table: str, recipe: str, top1: str = "last") -> str:
-    epoch = f", {top1} epoch" if table == "in1k" else ""
-    return TITLES[table] + epoch + (f", recipe {recipe}" if recipe else "")
+def table_title(table: str, recipe: str, top1: str = "last", specs: dict[str, TaskSpec] | None = None) -> str:
+    spec = _specs(specs)[table]
+    epoch = f", {top1} epoch" if spec.best_metrics else ""
+    return spec.title + epoch + (f", recipe {recipe}" if recipe else "")
 
 
-def table_parts(summary: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame, list[str]]]:
-    """(file stem, table, recipe, its summary rows, its columns) for every table the summary fills."""
+def table_parts(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None
+                ) -> list[tuple[str, str, str, pd.DataFrame, list[str]]]:
+    """(file stem, table, recipe, its summary rows, its columns) for every table the summary fills: one table per
+    task spec with columns."""
     out = []
     recipes = sorted(summary["recipe"].unique()) if not summary.empty else []
     for recipe in recipes:
         part = summary[summary["recipe"] == recipe]
-        for table, columns in TABLES.items():
-            present = present_columns(columns, set(part["column"]))
+        for table, spec in _specs(specs).items():
+            present = present_columns(spec.columns, set(part["column"]))
             if present:
                 out.append((file_stem(table, recipe, len(recipes) > 1), table, recipe,
                             part[part["column"].isin(present)], present))
     return out
 
 
-def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> dict[str, pd.DataFrame]:
     """Display tables named by their file stem (`<table>`, or `<table>_<setting>` when several settings), one row per
     backbone (and pretraining length, when a setting holds several)."""
     import pandas as pd
 
     out: dict[str, pd.DataFrame] = {}
-    for stem, _, recipe, part, present in table_parts(summary):
+    for stem, _, recipe, part, present in table_parts(summary, specs):
         rows = []
         for backbone, group in part.groupby("label", sort=True):
             row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
             for c in present:
                 hit = group[group["column"] == c]
-                label = column_label(c)
+                label = column_label(c, specs)
                 if hit.empty:
                     row[label], row[f"Δ {label}"] = "", ""
                 else:
@@ -272,13 +263,13 @@ def tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def reference_table() -> pd.DataFrame:
+def reference_table(specs: dict[str, TaskSpec] | None = None) -> pd.DataFrame:
     import pandas as pd
 
     from harness.reference import rows
 
     frame = pd.DataFrame(rows())
-    return frame.rename(columns={c.key: c.label for c in COLUMNS})
+    return frame.rename(columns={c.key: c.label for c in all_columns(_specs(specs)).values()})
 
 
 # --- writing ---
@@ -312,9 +303,6 @@ def _write(frame: pd.DataFrame, stem: Path, formats: list[str], title: str) -> l
     return written
 
 
-TITLES = {"in1k": "ImageNet-1K top-1 (%)", "coco": "COCO Mask R-CNN AP (%)", "ade20k": "ADE20K UperNet mIoU (%)"}
-
-
 def write_report(records: str | Path, out: str | Path, formats: list[str] | tuple[str, ...] = FORMATS,
                  plots: bool = True, top1: str = "last") -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
@@ -328,8 +316,9 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recs = results.read_compact(records_dir(records))
-    frame = flatten(recs, top1)
+    specs = report_specs(records)
+    recs = results.read_compact(records_dir(records), results.report_fields(specs))
+    frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1
     written: list[Path] = []
@@ -338,12 +327,13 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
              f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
              "Cells: mean ± sample std over seeds (n); Δ: difference of the means to the supervised backbone of the "
              "same architecture and recipe.\n"]
-    titles = {stem: table_title(table, recipe, top1) for stem, table, recipe, _, _ in table_parts(summary)}
-    for name, table in tables(summary).items():
+    parts = table_parts(summary, specs)
+    titles = {stem: table_title(table, recipe, top1, specs) for stem, table, recipe, _, _ in parts}
+    for name, table in tables(summary, specs).items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
         index.append(f"### {title}\n\n{to_markdown(table)}")
-    ref = reference_table()
+    ref = reference_table(specs)
     from harness.reference import PAPER
 
     written += _write(ref, out / "reference", formats, f"Published ({PAPER})")
@@ -362,7 +352,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     frame.drop(columns=["size"]).to_csv(out / "runs.csv", index=False)
     written += [out / "summary.csv", out / "runs.csv"]
     if plots:
-        pics = _plots(frame, summary, recs, out / "plots")
+        pics = _plots(frame, summary, recs, out / "plots", specs)
         written += pics
         index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics if p.suffix == ".png"))
     (out / "README.md").write_text("\n".join(index) + "\n")
@@ -370,20 +360,22 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     return written
 
 
-def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path) -> list[Path]:
+def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path,
+           specs: dict[str, TaskSpec]) -> list[Path]:
     """The figures, from the frames and the finished pretrainings' loss logs and reconstructions."""
     from harness import plots, results, store
 
-    labels = {c: column_label(c) for c in set(frame["column"].dropna())}
+    labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
     bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
-    for _, table, recipe, part, present in table_parts(summary):
-        bars.setdefault(table, []).append((table_title(table, recipe, summary.attrs.get("in1k_top1", "last")), part,
-                                           present))
+    for _, table, recipe, part, present in table_parts(summary, specs):
+        title = table_title(table, recipe, summary.attrs.get("in1k_top1", "last"), specs)
+        bars.setdefault(table, []).append((title, part, present))
     latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
     figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
                for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
-    return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains), figures, out)
+    return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains, split_overrides(specs)), figures,
+                             out)
 
 
 def run(args: argparse.Namespace) -> int:

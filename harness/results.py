@@ -22,6 +22,8 @@ from harness import store
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tasks.spec import TaskSpec
+
 # What the report reads from a record: a key maps to True (kept whole) or to the fields kept below it. Provenance,
 # the resolved recipe beyond these keys and the tasks' per-epoch histories are left on disk.
 FIELDS: dict[str, Any] = {
@@ -32,9 +34,32 @@ FIELDS: dict[str, Any] = {
     "backbone": {"name": True, "pretrain": True,
                  "spec": {"family": True, "paper_name": True, "arch": True, "arch_kwargs": True,
                           "pretrain_epochs": True}},
-    "extra": {"blocks": True, "log_jsonl": True, "reconstruction": True},
-}
-SPLIT_OVERRIDES = {"partial.blocks"}  # overrides that the report's column keys already turn into columns of their own
+    "extra": {"log_jsonl": True, "reconstruction": True},
+}  # plus what the task specs' split columns read (`report_fields`)
+
+
+def split_overrides(specs: dict[str, TaskSpec] | None = None) -> frozenset[str]:
+    """Overrides that split columns (`tasks.spec.Split`) already turn into columns of their own: `partial.blocks`."""
+    from tasks.spec import builtin_specs
+
+    specs = builtin_specs() if specs is None else specs
+    return frozenset(c.split.recipe for s in specs.values() for c in s.columns if c.split is not None)
+
+
+def report_fields(specs: dict[str, TaskSpec] | None = None) -> dict[str, Any]:
+    """`FIELDS` and the keys the specs' split columns read: `extra.blocks`, `recipe.partial.blocks`."""
+    from tasks.spec import builtin_specs
+
+    specs = builtin_specs() if specs is None else specs
+    out = json.loads(json.dumps(FIELDS))
+    for col in (c for s in specs.values() for c in s.columns if c.split is not None):
+        out["extra"][col.split.extra] = True
+        node = out["recipe"]
+        *parents, leaf = col.split.recipe.split(".")
+        for part in parents:
+            node = node.setdefault(part, {}) if node.get(part) is not True else {}
+        node[leaf] = True
+    return out
 
 
 def prune(node: Any, fields: dict[str, Any]) -> Any:
@@ -44,9 +69,10 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
     return {k: node[k] if sub is True else prune(node[k], sub) for k, sub in fields.items() if k in node}
 
 
-def read_compact(folder: str | Path, fields: dict[str, Any] = FIELDS) -> list[dict[str, Any]]:
-    """Every record in `folder` (all attempts) pruned to `fields`, each with `_path`; unreadable files are reported
-    and skipped, as `store.read_records` does."""
+def read_compact(folder: str | Path, fields: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path`;
+    unreadable files are reported and skipped, as `store.read_records` does."""
+    fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -70,13 +96,14 @@ def read_compact(folder: str | Path, fields: dict[str, Any] = FIELDS) -> list[di
     return out
 
 
-def recipe_label(rec: dict[str, Any]) -> str:
+def recipe_label(rec: dict[str, Any], split: frozenset[str] | None = None) -> str:
     """The setting a run belongs to: the recipe's name (a recipe given as a YAML path is named by its file's stem),
     then its `--set` overrides, so that runs of different settings are never averaged as if they were seeds:
     `tiny`, `tiny [model.pyramid=taps]`."""
     name = str(rec.get("recipe_name") or (rec.get("recipe") or {}).get("name") or "")
     name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-    overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in SPLIT_OVERRIDES}
+    split = split_overrides() if split is None else split
+    overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in split}
     if overrides:
         name += " [" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
     return name
@@ -103,15 +130,16 @@ def read_loss(log_jsonl: Path) -> tuple[list[float], list[float]]:
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
-def pretrain_setting(rec: dict[str, Any]) -> tuple[str, str]:
+def pretrain_setting(rec: dict[str, Any], split: frozenset[str] | None = None) -> tuple[str, str]:
     """(panel, line) of a pretraining in the loss figure: one panel per method (MAE's pixel MSE, cross-entropy and
     MoCo's InfoNCE are on different scales), one line per backbone, recipe (with overrides) and length."""
     epochs = (rec.get("recipe") or {}).get("epochs")
-    line = f"{(rec.get('backbone') or {}).get('name')}, {recipe_label(rec)}" + (f", {epochs} ep" if epochs else "")
+    line = f"{(rec.get('backbone') or {}).get('name')}, {recipe_label(rec, split)}"
+    line += f", {epochs} ep" if epochs else ""
     return str(rec.get("method")), line
 
 
-def loss_curves(pretrains: list[dict[str, Any]]) -> pd.DataFrame:
+def loss_curves(pretrains: list[dict[str, Any]], split: frozenset[str] | None = None) -> pd.DataFrame:
     """One row per (panel, setting, logged step): mean and sample std of the loss over the seeds that logged that
     step, and their number n (a run cut short by a kill counts where it has values)."""
     import numpy as np
@@ -123,7 +151,7 @@ def loss_curves(pretrains: list[dict[str, Any]]) -> pd.DataFrame:
         if log and Path(log).is_file():
             steps, losses = read_loss(Path(log))
             if losses:
-                runs[pretrain_setting(rec)].append((steps, losses))
+                runs[pretrain_setting(rec, split)].append((steps, losses))
     parts = []
     for (panel, setting), curves in sorted(runs.items()):
         steps = np.concatenate([np.asarray(s) for s, _ in curves])

@@ -5,7 +5,8 @@ any number of writers (jobs of one suite, several suites on one folder, ranks) n
 appears complete or not at all: it is written to a temporary name in the same folder, flushed with fsync and linked
 to its name with `os.link` (atomic on POSIX, and it fails rather than replace an existing file), then the folder is
 synced. A re-run writes a new record; readers take
-the newest record of each run id (`latest`), so earlier results stay on disk as history.
+the newest record of each run id (`latest`), so earlier results stay on disk as history. A record's keys are those of
+`harness.records.Record`; readers here keep the dicts as written (with `_path`), which `Record.from_dict` types.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from harness.records import Record
+
 SUFFIX = ".json"
 _TMP_PREFIX = ".tmp-"
 REQUIRED = ("run_id", "status", "attempt")
 STATUSES = ("finished", "failed")
+SPECS = "specs"  # beside RECORDS/: the spec files of users' tasks (`harness run --suite my_task.yaml`)
 
 
 def new_attempt() -> str:
@@ -47,8 +51,10 @@ def record_name(record: dict[str, Any]) -> str:
     return f"{record['run_id']}.{stamp}.{record['attempt']}{SUFFIX}"
 
 
-def write_record(folder: str | Path, record: dict[str, Any]) -> Path:
+def write_record(folder: str | Path, record: dict[str, Any] | Record) -> Path:
     """Writes `record` as a new file in `folder` and returns its path. An existing file is never replaced."""
+    if isinstance(record, Record):
+        record = record.to_dict()
     for key in REQUIRED:
         if key not in record:
             raise ValueError(f"a result record needs {key!r} (has {', '.join(sorted(record))})")

@@ -1,276 +1,45 @@
 """One run of the suite in its own process: `python -m harness.worker OUT/work/<run_id>/job.json`.
 
-The runner (`harness.runner`) writes the job file and starts this module directly, under `torchrun`, or inside a
-submitit job; its stdout and stderr go to `OUT/logs/<run_id>.log`. The worker calls the task (`module:function` on a
-`tasks.TaskContext`) or a pretraining (`harness.pretrain.pretrain`), then writes the run's result record: finished
+The runner (`harness.run`) writes the job file (`harness.records.Job`) and starts this module directly, under
+`torchrun`, or inside a submitit job; its stdout and stderr go to `OUT/logs/<run_id>.log`. The worker calls the task
+or the pretraining (`harness.dispatch`), then writes the run's result record (`harness.records.Record`): finished
 with the metrics, or failed with the error when the task raised. A loss that is NaN or infinite (`tasks.NonFiniteLoss`,
 raised by every training loop) fails the run with `failure: {step, loss}`; a non-finite metric fails it too, and a
 failed record keeps no metric. Under several processes only rank 0 writes. A worker dies with the process that started
 it (`die_with_parent`); one that dies without a record (a signal, the OOM killer) is recorded as failed by the runner,
-which sees the exit status.
-
-Optional logging (`harness run --log-backend`, off by default) uses the backends mmengine has: `vis_backends()` for the
-tasks that build an mmengine Runner, `ScalarLog` for the loops of their own (classification, pretraining).
+which sees the exit status. Optional logging to TensorBoard or W&B lives in `tasks.training`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import json
-import math
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from harness import provenance, store
+from harness.dispatch import load_backbones, nonfinite_metrics, pick_device, rank, run_pretrain, run_task
+from harness.records import Job, build_record
 from tasks import NonFiniteLoss
+from tasks.training import ScalarLog, log_backend, log_backend_missing, vis_backends  # noqa: F401  (their old home)
 
 PARENT_ENV = "HARNESS_RUNNER_PID"  # the runner's pid: a worker exits when that process is gone
-# Keys of a job file (written by `harness.runner.Run.job`).
-JOB_KEYS = ("run_id", "attempt", "kind", "task", "target", "backbone", "work_dir", "log", "records")
 
 
-def resolve_target(target: str) -> Callable[..., Any]:
-    """`package.module:function` or `path/to/file.py:function` -> the function."""
-    module, sep, fn = target.rpartition(":")
-    if not sep or not module or not fn:
-        raise ValueError(f"task target {target!r} must look like package.module:function or file.py:function")
-    if module.endswith(".py"):
-        path = Path(module).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"task target {target!r}: {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"harness_user_task_{path.stem}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    else:
-        mod = importlib.import_module(module)
-    if not hasattr(mod, fn):
-        raise AttributeError(f"task target {target!r}: {module} has no {fn!r}")
-    return getattr(mod, fn)
-
-
-def load_job(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        job = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"job file {path} is unreadable: {e}") from e
-    missing = [k for k in JOB_KEYS if k not in job]
-    if missing:
-        raise ValueError(f"job file {path} lacks {', '.join(missing)}")
-    return job
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-
-
-def pick_device(requested: str, launcher: str) -> str:
-    if requested != "auto":
-        return requested
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    if launcher != "none":
-        local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-        torch.cuda.set_device(local)
-        return f"cuda:{local}"
-    return "cuda"
-
-
-LOG_BACKEND_ENV = "HARNESS_LOG_BACKEND"  # set by `harness run --log-backend`
-# choice -> (mmengine vis backend, the module it needs, how to get it)
-LOG_BACKENDS = {
-    "tensorboard": ("TensorboardVisBackend", "tensorboard", "pip install tensorboard"),
-    "wandb": ("WandbVisBackend", "wandb", "pip install wandb (W&B logs without an account or network with "
-              "WANDB_MODE=offline; `wandb sync` uploads later)"),
-}
-
-
-def log_backend() -> str | None:
-    """The backend chosen for this run (`HARNESS_LOG_BACKEND`), or None: no remote logging, the default."""
-    choice = os.environ.get(LOG_BACKEND_ENV, "").strip().lower()
-    if not choice:
-        return None
-    if choice not in LOG_BACKENDS:
-        raise ValueError(f"{LOG_BACKEND_ENV}={choice!r}: known backends are {', '.join(LOG_BACKENDS)}")
-    return choice
-
-
-def log_backend_missing(choice: str) -> str | None:
-    """What to install for `choice` to work here, or None when its package is importable. Imports nothing."""
-    _, module, install = LOG_BACKENDS[choice]
-    return None if importlib.util.find_spec(module) else f"the {module} package is not installed: {install}"
-
-
-def vis_backends() -> list[dict[str, Any]]:
-    """mmengine `visualizer.vis_backends` for the run: local files always, plus TensorBoard or W&B when asked.
-
-    Tasks that build an mmengine Runner put this list in their config; nothing is logged remotely by default."""
-    backends: list[dict[str, Any]] = [{"type": "LocalVisBackend"}]
-    choice = log_backend()
-    if choice:
-        backends.append({"type": LOG_BACKENDS[choice][0]})
-    return backends
-
-
-class ScalarLog:
-    """The scalars of a training loop of its own (classification, pretraining) through the backends of
-    `vis_backends()`, built by mmengine's registry as a Runner builds them and written where a Runner's are, under
-    `work_dir/vis_data/` (`scalars.json`, TensorBoard's event files, W&B's run folder). With no backend chosen it
-    holds nothing, imports nothing and writes nothing; `enabled=False` (ranks other than 0) does the same."""
-
-    def __init__(self, work_dir: str | Path, enabled: bool = True) -> None:
-        self.backends: list[Any] = []
-        choice = log_backend() if enabled else None
-        if choice is None:
-            return
-        missing = log_backend_missing(choice)
-        if missing:
-            raise ModuleNotFoundError(f"{LOG_BACKEND_ENV}={choice}: {missing}")
-        import mmengine.visualization  # noqa: F401  (registers the vis backends)
-        from mmengine.registry import VISBACKENDS
-
-        save_dir = str(Path(work_dir) / "vis_data")
-        self.backends = [VISBACKENDS.build({**cfg, "save_dir": save_dir}) for cfg in vis_backends()]
-
-    def add(self, scalars: dict[str, float], step: int) -> None:
-        for backend in self.backends:
-            backend.add_scalars(scalars, step=step)
-
-    def close(self) -> None:
-        for backend in self.backends:
-            backend.close()
-
-    def __enter__(self) -> ScalarLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _run_task(job: dict[str, Any], device: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    from tasks import TaskContext
-
-    ctx = TaskContext(
-        backbone=job["backbone"], work_dir=Path(job["work_dir"]), recipe=job.get("recipe") or "tiny",
-        checkpoint=job.get("checkpoint"), data_root=Path(job["data_root"]) if job.get("data_root") else None,
-        protocol=job.get("protocol"), overrides=dict(job.get("overrides") or {}), seed=int(job.get("seed", 0)),
-        device=device, launcher=job.get("launcher", "none"), allow_pickle=bool(job.get("allow_pickle", False)),
-    )
-    result = resolve_target(job["target"])(ctx)
-    if not isinstance(getattr(result, "metrics", None), dict):
-        raise TypeError(f"task {job['target']} returned {type(result).__name__}, not a TaskResult with metrics")
-    return dict(result.metrics), dict(result.recipe or {}), dict(getattr(result, "extra", None) or {})
-
-
-def last_loss(log_jsonl: Path) -> float | None:
-    """The loss of the last step a pretraining logged."""
-    if not log_jsonl.is_file():
-        return None
-    loss = None
-    for line in log_jsonl.read_text().splitlines():
-        try:
-            loss = json.loads(line).get("loss", loss)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return loss
-
-
-def _run_pretrain(job: dict[str, Any], device: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    out_dir = Path(job["work_dir"])
-    fn = resolve_target(job["target"])
-    overrides = dict(job.get("overrides") or {})
-    encoder = fn(job["method"], job["backbone"], out_dir, epochs=job.get("epochs"), seed=int(job.get("seed", 0)),
-                 data_root=job.get("data_root"), recipe=job.get("recipe"), overrides=overrides, progress=True,
-                 device=device)
-    encoder = Path(encoder)
-    if not encoder.is_file():
-        raise FileNotFoundError(f"pretraining returned {encoder}, which does not exist")
-    metrics = {"final_loss": last_loss(out_dir / "log.jsonl")}
-    recon = out_dir / "reconstruction.png"
-    extra = {"encoder": str(encoder), "encoder_sha256": provenance.file_sha256(encoder),
-             "log_jsonl": str(out_dir / "log.jsonl"), "reconstruction": str(recon) if recon.is_file() else None}
-    resolve = getattr(sys.modules.get(fn.__module__), "resolve_recipe", None)  # harness.pretrain has one
-    if resolve is not None:
-        recipe = resolve(job["method"], job.get("recipe"), overrides, job.get("epochs"))
-    else:
-        recipe = {"name": job.get("recipe"), "method": job["method"], "epochs": job.get("epochs")}
-    return metrics, recipe, extra
-
-
-def _json_number(v: Any) -> Any:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
-
-
-def nonfinite_metrics(metrics: dict[str, Any]) -> list[str]:
-    """The metrics that are numbers but NaN or infinite: such a run measured nothing."""
-    out = []
-    for key, value in metrics.items():
-        number = _json_number(value)
-        if isinstance(number, float) and not math.isfinite(number):
-            out.append(f"{key}={number}")
-    return out
-
-
-def build_record(job: dict[str, Any], status: str, *, metrics: dict[str, Any] | None = None,
-                 recipe: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, error: str | None = None,
-                 failure: dict[str, Any] | None = None, started_at: str, wall_time_s: float,
-                 world_size: int = 1) -> dict[str, Any]:
-    """The result record of one attempt: what ran, what it measured, and where and with what it ran."""
-    return {
-        "run_id": job["run_id"], "attempt": job["attempt"], "status": status, "kind": job["kind"],
-        "task": job["task"], "target": job["target"], "protocol": job.get("protocol"),
-        "metrics": {k: _json_number(v) for k, v in (metrics or {}).items()},
-        "recipe": recipe or {}, "recipe_name": job.get("recipe"), "recipe_version": job.get("recipe_version"),
-        "overrides": job.get("overrides") or {}, "seed": job.get("seed", 0),
-        "backbone": {"name": job["backbone"], "spec": job.get("backbone_spec"), "checkpoint": job.get("checkpoint"),
-                     "sha256": job.get("checkpoint_sha256"), "pretrain": job.get("pretrain_run")},
-        "method": job.get("method"), "extra": extra or {}, "error": error, "failure": failure,
-        "launcher": job.get("launcher", "none"), "world_size": world_size,
-        **provenance.collect(),
-        "wall_time_s": round(wall_time_s, 3), "started_at": started_at, "finished_at": provenance.now(),
-        "log": job["log"], "work_dir": job["work_dir"], "data_root": job.get("data_root"),
-        "data_fingerprint": job.get("data_fingerprint"),
-    }
-
-
-def load_backbones(job: dict[str, Any]) -> None:
-    """Registers the job's extra backbones here too: modules, and YAML files under their `name:`. Imports the registry
-    (and torch with it) only when there are any."""
-    modules, files = job.get("backbone_modules") or [], job.get("backbone_files") or []
-    if not modules and not files:
-        return
-    from backbones.registry import load_backbone_module, load_backbone_yaml
-
-    for module in modules:
-        load_backbone_module(module)
-    for file in files:
-        load_backbone_yaml(file)
-
-
-def execute(job: dict[str, Any]) -> int:
+def execute(job: Job) -> int:
     """Runs the job and writes its record (rank 0). Returns the exit status: 0 finished, 1 failed."""
     started, t0 = provenance.now(), time.time()
-    Path(job["work_dir"]).mkdir(parents=True, exist_ok=True)
-    print(f"[harness.worker] run {job['run_id']} attempt {job['attempt']} pid {os.getpid()} rank {rank()}", flush=True)
+    Path(job.work_dir).mkdir(parents=True, exist_ok=True)
+    print(f"[harness.worker] run {job.run_id} attempt {job.attempt} pid {os.getpid()} rank {rank()}", flush=True)
     metrics = recipe = extra = failure = None
     error = None
     try:
         load_backbones(job)
-        device = pick_device(job.get("device", "auto"), job.get("launcher", "none"))
-        run = _run_pretrain if job["kind"] == "pretrain" else _run_task
+        device = pick_device(job.device, job.launcher)
+        run = run_pretrain if job.kind == "pretrain" else run_task
         metrics, recipe, extra = run(job, device)
         bad = nonfinite_metrics(metrics)
         if bad:
@@ -286,7 +55,7 @@ def execute(job: dict[str, Any]) -> int:
     if rank() == 0:
         rec = build_record(job, status, metrics=metrics, recipe=recipe, extra=extra, error=error, failure=failure,
                            started_at=started, wall_time_s=time.time() - t0, world_size=world)
-        path = store.write_record(job["records"], rec)
+        path = store.write_record(job.records, rec)
         print(f"[harness.worker] {status}: record {path}", flush=True)
     sys.stdout.flush()
     return 0 if status == "finished" else 1
@@ -299,12 +68,12 @@ class SubmititJob:
         self.job_path = job_path
 
     def __call__(self) -> int:
-        job = load_job(self.job_path)
+        job = Job.from_json(self.job_path)
         if _num_tasks() > 1:
             import submitit
 
             submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR, ... for torch
-        with open(job["log"], "ab", buffering=0) as log:
+        with open(job.log, "ab", buffering=0) as log:
             sys.stdout.flush()
             sys.stderr.flush()
             saved = os.dup(1), os.dup(2)
@@ -318,7 +87,7 @@ class SubmititJob:
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
         if code:
-            raise RuntimeError(f"run {job['run_id']} failed; see {job['log']}")
+            raise RuntimeError(f"run {job.run_id} failed; see {job.log}")
         return code
 
 
@@ -397,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     if runner and runner != os.getppid() and os.environ.get("LOCAL_RANK") is None and not _alive(runner):
         return 137  # the runner that started this worker died before it got here
     die_with_parent(os.getppid())  # the runner, or under torchrun its agent (which follows the runner)
-    return execute(load_job(args.job))
+    try:
+        job = Job.from_json(args.job)
+    except ValueError as e:  # the message names the file and the key
+        print(f"harness.worker: {e}", file=sys.stderr)
+        return 2
+    return execute(job)
 
 
 if __name__ == "__main__":

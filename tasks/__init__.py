@@ -1,24 +1,17 @@
-"""Transfer tasks. Each is a module with `run(ctx: TaskContext) -> TaskResult`, registered here as a string so that
-listing tasks imports neither mmdet nor mmseg (lm-evaluation-harness's lazy registry).
+"""Transfer tasks. Each is a module with `run(ctx: TaskContext) -> TaskResult`, declared by a spec file in
+`tasks/specs/` (`tasks.spec`: its target as a `module:function` string, so that listing tasks imports neither mmdet nor
+mmseg, as lm-evaluation-harness's lazy registry; its protocols, metrics, table and data layout).
 
-The runner (`harness.runner`) owns run ids, processes, result records and resume bookkeeping; a task owns its data,
+The runner (`harness.run`) owns run ids, processes, result records and resume bookkeeping; a task owns its data,
 its model and its training loop, keeps everything it writes under `ctx.work_dir`, resumes from the last checkpoint
 there, and returns its metrics and the recipe it actually used.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-TASKS: dict[str, str] = {
-    "in1k": "tasks.classification:run",
-    "coco": "tasks.detection:run",
-    "ade20k": "tasks.segmentation:run",
-}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -53,12 +46,3 @@ class TaskResult:
     metrics: dict[str, float]  # e.g. {'top1': 71.2, 'top5': 98.0} or {'bbox_mAP': ..., 'segm_mAP': ...}
     recipe: dict[str, Any]  # the resolved recipe, as used
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. pyramid kind, load report of the backbone
-
-
-def get_task(name: str) -> Callable[[TaskContext], TaskResult]:
-    if name not in TASKS:
-        from backbones.registry import unknown_name_error
-
-        raise unknown_name_error("task", name, sorted(TASKS))
-    module, fn = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), fn)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness import store
-from harness.runner import DID_NOT_START, exit_reason, worker_command
+from harness.run import DID_NOT_START
+from harness.run.launch import exit_reason, worker_command
 from tests.test_log_backends import _without
 from tests.test_runner import base_args, harness, latest, write_suite
 
@@ -77,8 +78,8 @@ def test_slurm_without_submitit_stops_before_any_work(tmp_path, monkeypatch, cap
 def test_log_backend_reaches_the_worker_env(monkeypatch) -> None:
     import argparse
 
-    from harness.runner import worker_env
-    from harness.worker import vis_backends
+    from harness.run.launch import worker_env
+    from tasks.training import vis_backends
 
     env = worker_env(argparse.Namespace(log_backend="tensorboard"))
     assert env["HARNESS_LOG_BACKEND"] == "tensorboard" and str(ROOT) in env["PYTHONPATH"].split(":")

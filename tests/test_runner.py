@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness import store
-from harness.runner import DID_NOT_START, Run, log_progress
+from harness.run import DID_NOT_START
+from harness.run.plan import Run
+from harness.run.view import log_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,7 +275,7 @@ def test_missing_weights_and_bad_flags_stop_before_any_work(tmp_path, monkeypatc
 
 
 def test_help_is_fast_and_imports_no_torch() -> None:
-    code = ("import sys, harness.runner, harness.report, harness.store, harness.plots, harness.presets, "
+    code = ("import sys, harness.run, harness.report, harness.store, harness.plots, harness.presets, "
             "harness.provenance, harness.reference, harness.worker; "
             "heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'timm') if m in sys.modules]; "
             "assert not heavy, heavy")
@@ -357,7 +359,7 @@ def test_jobs_flag_and_preset_key_are_checked(tmp_path, monkeypatch, capsys) -> 
 
 
 def test_machine_shares(monkeypatch) -> None:
-    from harness.runner import PlanError, machine_shares
+    from harness.run.plan import PlanError, machine_shares
 
     assert machine_shares(1, 1, "auto") == [{}]  # one job: the environment as it is
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
@@ -368,3 +370,51 @@ def test_machine_shares(monkeypatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert machine_shares(2, 1, "auto") == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
     assert machine_shares(16, 1, "cpu")[0]["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_user_task_spec_runs_and_reaches_a_table(tmp_path, monkeypatch, capsys) -> None:
+    """`--suite my_task.yaml`: a task of the user's with its own target, protocols and columns, reported as ours."""
+    preset = write_suite(tmp_path)
+    spec = tmp_path / "my_task.yaml"
+    spec.write_text(f"name: mytask\ntarget: '{DUMMY}:run'\ntitle: My task score (%)\nprotocols: [easy, hard]\n"
+                    "main_metrics: [score]\ncolumns:\n"
+                    "  - {key: my_easy, label: My easy score, protocol: easy, metrics: [score]}\n"
+                    "  - {key: my_hard, label: My hard score, protocol: hard, metrics: [score], scale: {score: 2.0}}\n")
+    out = tmp_path / "out"
+    args = [*base_args(preset, out), "--suite", str(spec), "--backbones", TINY[0], "--set", "mytask.metric=score"]
+    assert harness(monkeypatch, *args, "--dry-run") == 0
+    assert {"easy", "hard"} <= set(capsys.readouterr().out.split())
+    assert harness(monkeypatch, *args) == 0
+    recs = latest(out)
+    assert sorted(r["protocol"] for r in recs.values()) == ["easy", "hard"]
+    assert "score=" in capsys.readouterr().out  # the summary shows the spec's main metric
+    table = (out / "results" / "mytask.md").read_text()
+    assert table.startswith("### My task score (%), recipe ") and "My easy score" in table and "My hard score" in table
+    hard = next(r for r in recs.values() if r["protocol"] == "hard")["metrics"]["score"]
+    assert f"{2 * hard:.1f} (n=1)" in table  # the spec's scale applies
+    assert (out / "specs" / "mytask.yaml").is_file()  # `harness report --runs OUT` finds the table again
+    capsys.readouterr()
+    assert harness(monkeypatch, "report", "--runs", str(out), "--out", str(tmp_path / "again"), "--no-plots") == 0
+    assert (tmp_path / "again" / "mytask.md").read_text() == table
+
+
+def test_a_bad_task_spec_is_named_before_anything_runs(tmp_path, monkeypatch, capsys) -> None:
+    preset, spec = write_suite(tmp_path), tmp_path / "bad.yaml"
+    spec.write_text(f"name: bad\ntarget: '{DUMMY}:run'\ncolumns:\n  - {{key: c, label: C, metric: [score]}}\n")
+    assert harness(monkeypatch, *base_args(preset, tmp_path / "out"), "--suite", str(spec)) == DID_NOT_START
+    err = capsys.readouterr().err
+    assert str(spec) in err and "columns[0]" in err and "metric" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_ids_do_not_change() -> None:
+    """A run's id is the key of its records and work folder: the same inputs must hash as they always have."""
+    spec = {"name": "x", "arch": "vit_tiny_patch16_224", "family": "mae", "checkpoint": "/a", "sha256": "s"}
+    run = Run(kind="task", task="in1k", target="tasks.classification:run", backbone="x", spec=spec, seed=1,
+              protocol="linprobe", recipe="tiny", recipe_version=2, overrides={"finetune.blr": 0.01}, data="real",
+              data_fingerprint="fp", sha256="abc")
+    pre = Run(kind="pretrain", task="pretrain", target="harness.pretrain:pretrain", backbone="x", spec=spec,
+              recipe="mae_tiny", recipe_version=1, method="mae", epochs=4)
+    run.assign_id()
+    pre.assign_id()
+    assert (run.run_id, pre.run_id) == ("c65521cc981b", "c23608d97934")

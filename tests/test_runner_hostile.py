@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import store
-from harness.runner import DID_NOT_START
+from harness.run import DID_NOT_START
 from tests.test_runner import DUMMY, ROOT, _start_one_run, base_args, harness, latest, write_suite
 
 

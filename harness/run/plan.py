@@ -1,0 +1,283 @@
+"""The plan of `harness run`: one run per (backbone, task, protocol, seed), after the pretrainings a preset makes
+itself, each with an id hashed from everything that determines its result, and whether it is done.
+
+A run's id (`Run.identity`) covers the backbone spec and checkpoint sha256, task, protocol, recipe name, version and
+overrides, seed and the data's content fingerprint (`harness.data.fingerprint`): the same run gets the same id in any
+output folder, and a changed input a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import provenance, store
+from harness.records import Record
+from harness.run.inputs import (
+    PRETRAIN_DATA,
+    Inputs,
+    PlanError,
+    check_flags,
+    check_launcher,
+    check_log_backend,
+    read_inputs,
+    recipe_version,
+    resolve_weights,
+    split_list,
+)
+from harness.run.options import RunOptions
+
+if TYPE_CHECKING:
+    from tasks.spec import TaskSpec
+
+# Spec fields that do not change what a run measures (the checkpoint's sha256 stands for the weights).
+_SPEC_NOT_IN_ID = ("name", "description", "license", "checkpoint", "url", "sha256", "paper_name", "pretrain_epochs")
+
+
+@dataclass
+class Run:
+    """One process of the suite: a pretraining (kind 'pretrain') or a task run (kind 'task')."""
+
+    kind: str
+    task: str
+    target: str
+    backbone: str
+    spec: dict[str, Any]
+    seed: int = 0
+    protocol: str | None = None
+    recipe: str | None = None
+    recipe_version: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data: str = "embedded"  # embedded | real: part of the id; the path itself is not
+    data_root: str | None = None
+    data_fingerprint: str | None = None  # part of the id: the content of the data, wherever it lies
+    checkpoint: str | None = None
+    sha256: str | None = None
+    method: str | None = None  # pretraining method
+    epochs: int | None = None  # pretraining epochs (None: the recipe's)
+    after: Run | None = None  # the pretraining whose encoder this run loads
+    run_id: str | None = None  # None while `after` has not produced its encoder
+    status: str = "todo"  # plan: todo | done | failed | pending; after running: finished | failed | blocked | busy
+    wall: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    log: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        spec = {k: v for k, v in self.spec.items() if k not in _SPEC_NOT_IN_ID}
+        ident = {"kind": self.kind, "task": self.task, "target": self.target, "backbone": spec, "seed": self.seed,
+                 "recipe": self.recipe, "recipe_version": self.recipe_version, "overrides": self.overrides,
+                 "data": self.data, "checkpoint_sha256": self.sha256}
+        if self.data_fingerprint is not None:
+            ident["data_fingerprint"] = self.data_fingerprint
+        if self.kind == "pretrain":
+            ident.update(method=self.method, epochs=self.epochs)
+        else:
+            ident["protocol"] = self.protocol
+        return ident
+
+    def assign_id(self) -> None:
+        self.run_id = provenance.stable_hash(self.identity())
+
+    @property
+    def label(self) -> str:
+        what = f"pretrain {self.method}" if self.kind == "pretrain" else self.task + (f"/{self.protocol}" if
+                                                                                         self.protocol else "")
+        return f"{what} {self.backbone} seed {self.seed}"
+
+
+@dataclass
+class Plan:
+    out: Path
+    runs: list[Run]
+    preset: str
+    backbone_modules: list[str]
+    backbone_files: list[str] = field(default_factory=list)
+    task_specs: dict[str, TaskSpec] = field(default_factory=dict)  # by task name
+    shares: list[dict[str, str]] = field(default_factory=lambda: [{}])  # per concurrent job: its GPUs or threads
+
+    @property
+    def records(self) -> Path:
+        return self.out / "records"
+
+    def work_dir(self, run: Run) -> Path:
+        return self.out / "work" / str(run.run_id)
+
+    def log(self, run: Run) -> Path:
+        return self.out / "logs" / f"{run.run_id}.log"
+
+
+def build_plan(opts: RunOptions) -> Plan:
+    """Resolves flags and preset into runs, and checks data, weights, recipes and logging before anything runs."""
+    check_flags(opts)
+    check_log_backend(opts.log_backend)
+    check_launcher(opts.launcher)
+    inp = read_inputs(opts)
+    out = Path(opts.out)
+    records = latest_records(out / "records")
+    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs)
+    weights = local_weights(inp, made)
+    runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
+    jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
+    if jobs < 1:
+        raise PlanError(f"--jobs must be at least 1, got {jobs}")
+    shares = [{}] if opts.launcher == "slurm" else machine_shares(
+        jobs, opts.gpus if opts.launcher == "torchrun" else 1, opts.device)
+    return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name, task_specs=inp.task_specs,
+                backbone_modules=list(opts.backbone_module), backbone_files=inp.backbone_files, shares=shares)
+
+
+def pretrain_runs(inp: Inputs, records: dict[str, Record], force: bool, epochs: int | None) -> dict[str, Run]:
+    """The preset's pretrainings, for its backbones that no --checkpoint replaces."""
+    pre, made = inp.preset.pretrain, {}
+    for name, spec in inp.specs.items():
+        if not pre or name not in pre.backbones or name in inp.given:
+            continue
+        method = pre.backbones[name]
+        recipe = pre.recipe.format(method=method) if pre.recipe else None
+        run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=spec.to_dict(),
+                  recipe=recipe, overrides=pre.overrides, data=inp.data, method=method, epochs=epochs or pre.epochs,
+                  data_root=inp.data_roots.get(PRETRAIN_DATA), data_fingerprint=inp.fingerprints.get("pretrain"))
+        if recipe:
+            run.recipe_version = recipe_version("pretrain", pre.target, recipe, pre.overrides)
+        run.assign_id()
+        run.status = "done" if _pretrain_done(records, run) and not force else "todo"
+        made[name] = run
+    return made
+
+
+def latest_records(folder: Path) -> dict[str, Record]:
+    """The newest record of each run id in `folder`."""
+    return {run_id: Record.from_dict(rec) for run_id, rec in store.latest(store.read_records(folder)).items()}
+
+
+def _pretrain_done(plan_records: dict[str, Record], run: Run) -> bool:
+    rec = plan_records.get(str(run.run_id))
+    return bool(rec and rec.status == "finished" and Path((rec.extra or {}).get("encoder", "")).is_file())
+
+
+def local_weights(inp: Inputs, made: dict[str, Run]) -> dict[str, str | None]:
+    """Every other backbone's checkpoint, all checked at once so that one message lists every missing file."""
+    weights, problems = {}, []
+    for name, spec in inp.specs.items():
+        if name in made:
+            continue
+        try:
+            weights[name] = resolve_weights(name, spec, inp.given.get(name))
+        except PlanError as e:
+            problems.append(str(e))
+    if problems:
+        raise PlanError("weights not found:\n  " + "\n  ".join(problems))
+    return weights
+
+
+def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None], records: dict[str, Record],
+              sha_cache: Path, opts: RunOptions) -> list[Run]:
+    """One run per (seed, task, protocol, backbone): a whole table per seed first."""
+    runs = []
+    for seed in inp.seeds:
+        for task, target in inp.suite:
+            recipe = inp.recipes.get(task) or inp.recipes["*"] or inp.preset.recipe_for(task)
+            version = recipe_version(task, target, recipe, inp.overrides[task])
+            for protocol in _protocols(inp.task_specs.get(task), opts.protocols, inp.preset.protocols):
+                for name, spec in inp.specs.items():
+                    run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(), seed=seed,
+                              protocol=protocol, recipe=recipe, recipe_version=version,
+                              overrides=inp.overrides[task], data=inp.data, data_root=inp.data_roots.get(task),
+                              data_fingerprint=inp.fingerprints.get(task),
+                              after=made.get(name), checkpoint=None if name in made else weights[name])
+                    _resolve(run, records, sha_cache, opts.force)
+                    runs.append(run)
+    return runs
+
+
+def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
+    known = spec.protocols if spec else ()
+    if not known:
+        return [None]
+    task = spec.name
+    chosen = split_list(flag) or preset.get(task) or list(known)
+    bad = [p for p in chosen if p not in known]
+    if bad:
+        raise PlanError(f"--protocols: unknown {', '.join(bad)} for {task} (known: {', '.join(known)})")
+    return list(chosen)
+
+
+def _resolve(run: Run, records: dict[str, Record], sha_cache: Path, force: bool) -> None:
+    """Gives a task run its checkpoint, sha256, id and plan status, once its weights exist."""
+    if run.after is not None:
+        if run.after.status not in ("done", "finished"):
+            run.status = "pending"
+            return
+        run.checkpoint = records[str(run.after.run_id)].extra["encoder"]
+    run.sha256 = provenance.cached_sha256(run.checkpoint, sha_cache) if run.checkpoint else None
+    run.assign_id()
+    rec = records.get(str(run.run_id))
+    if rec and rec.status == "finished" and not force:
+        run.status = "done"
+    else:
+        run.status = "failed" if rec and rec.status == "failed" else "todo"
+
+
+def readiness(plan: Plan, run: Run, force: bool) -> str:
+    """'ready', 'wait' (its pretraining is still to finish), 'blocked' (the pretraining failed) or 'done'."""
+    if run.run_id is not None:
+        return "ready"
+    assert run.after is not None
+    if run.after.status in ("todo", "pending", "running"):
+        return "wait"
+    if not _after_finished(plan, run, force):
+        run.status, run.error = "blocked", f"pretraining {run.after.run_id} did not finish"
+        return "blocked"
+    return "done" if run.status == "done" else "ready"
+
+
+def _after_finished(plan: Plan, run: Run, force: bool) -> bool:
+    """Once its pretraining has finished: the checkpoint, sha256, id and done-ness of a pending run."""
+    assert run.after is not None
+    if run.after.status not in ("done", "finished"):
+        return False
+    records = latest_records(plan.records)
+    _resolve(run, records, plan.out / "work" / "sha256_cache.json", force)
+    return True
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs runs may use: `CUDA_VISIBLE_DEVICES` as given, else every device torch sees."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def machine_shares(jobs: int, procs_per_run: int, device: str) -> list[dict[str, str]]:
+    """What each of `jobs` concurrent runs gets, as environment variables: its own GPUs when there are enough for all
+    of them, else (CPU) an equal share of the cores as OpenMP/MKL threads. One job keeps the environment as it is."""
+    if jobs == 1:
+        return [{}]
+    gpus = visible_gpus() if device != "cpu" else []
+    if gpus:
+        need = jobs * procs_per_run
+        if len(gpus) < need:
+            raise PlanError(f"--jobs {jobs} with {procs_per_run} GPU(s) per run needs {need} GPUs; {len(gpus)} "
+                            f"visible ({', '.join(gpus)}); lower --jobs or pass --device cpu")
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * procs_per_run:(i + 1) * procs_per_run])}
+                for i in range(jobs)]
+    threads = str(max(1, (os.cpu_count() or 1) // (jobs * procs_per_run)))
+    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(jobs)]
+
+
+def save_specs(plan: Plan) -> None:
+    """Copies the spec files of users' tasks into OUT/specs/, where `harness report --runs OUT` finds their tables."""
+    from tasks.spec import SPEC_DIR
+
+    for spec in plan.task_specs.values():
+        if spec.path and Path(spec.path).resolve().parent != SPEC_DIR:
+            dest = plan.out / store.SPECS / f"{spec.name}.yaml"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(spec.path, dest)
