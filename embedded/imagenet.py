@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import fashion_mnist
-from harness.data.cache import cache_root, ensure_version, mark_version
+from embedded import fashion_mnist
+from embedded.cache import ensure_versioned, mark_version
 
 FORMAT_VERSION = 1  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
 # 3,000 train / 1,000 val images: enough for the tiny recipes to separate pretrained from scratch backbones, written
@@ -30,10 +30,6 @@ EXPECTED_LAYOUT = """expected the ImageNet folder layout (torchvision ImageFolde
   {root}/val/<class>/<image>     e.g. val/n01440764/ILSVRC2012_val_00000293.JPEG
 with the same class folders in train/ and val/ (ImageNet's val images come flat: sort them into class folders first,
 e.g. with the widely used valprep.sh)"""
-
-
-def default_root(seed: int = 0) -> Path:
-    return cache_root() / ("imagenet" if seed == 0 else f"imagenet_seed{seed}")
 
 
 def _select(labels: np.ndarray, n_per_class: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -87,12 +83,9 @@ def write(
 
 
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
-    """The set at `root` (default: the cache, `default_root(seed)`), written there once and reused.
-
-    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
-    """
-    root = Path(root) if root is not None else default_root(seed)
-    return ensure_version(root, lambda tmp: write(tmp, seed=seed), FORMAT_VERSION)
+    """The set at `root` (default: the cache, `embedded.cache.default_root("imagenet", seed)`), written there once and
+    reused: see `embedded.cache.ensure_versioned`."""
+    return ensure_versioned("imagenet", write, FORMAT_VERSION, root, seed)
 
 
 class LayoutError(FileNotFoundError):

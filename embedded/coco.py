@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.data import fashion_mnist
-from harness.data.cache import cache_root, ensure_version, mark_version
+from embedded import fashion_mnist
+from embedded.cache import ensure_versioned, mark_version
 
 CLASSES = fashion_mnist.CLASSES  # category id = label + 1
 FORMAT_VERSION = 2  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
@@ -34,10 +34,6 @@ SCALE_RANGE = (0.75, 1.5)  # garment side = 28 * scale -> 21 to 42 pixels, aroun
 MAX_OBJECTS = 3
 SILHOUETTE_THRESHOLD = 10  # grey level above which a Fashion-MNIST pixel belongs to the garment
 SPLITS = {"train": "train", "val": "test"}  # COCO split -> Fashion-MNIST split
-
-
-def default_root(seed: int = 0) -> Path:
-    return cache_root() / ("coco" if seed == 0 else f"coco_seed{seed}")
 
 
 def ann_file(root: Path, split: str) -> Path:
@@ -121,6 +117,7 @@ def _write_split(root: Path, split: str, n: int, rng: np.random.Generator) -> No
         coco_images.append(dict(id=image_id, file_name=file_name, height=canvas.shape[0], width=canvas.shape[1],
                                 license=1))
         coco_anns.extend(anns)
+    # `contributor` keeps the module's first name: the file's bytes are part of the data fingerprint of every run
     data = dict(
         info=dict(description=f"Embedded Fashion-MNIST COCO-layout set ({split})", version=str(FORMAT_VERSION),
                   year=2017, contributor="harness.data.coco", date_created="2017-01-01"),
@@ -144,9 +141,6 @@ def write(root: Path, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL)
 
 
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
-    """The set at `root` (default: the cache, `default_root(seed)`), written there once and reused.
-
-    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
-    """
-    root = Path(root) if root is not None else default_root(seed)
-    return ensure_version(root, lambda tmp: write(tmp, seed=seed), FORMAT_VERSION)
+    """The set at `root` (default: the cache, `embedded.cache.default_root("coco", seed)`), written there once and
+    reused: see `embedded.cache.ensure_versioned`."""
+    return ensure_versioned("coco", write, FORMAT_VERSION, root, seed)

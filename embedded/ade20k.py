@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from harness.data import fashion_mnist
-from harness.data.cache import cache_root, write_once
+from embedded import fashion_mnist
+from embedded.cache import cache_root, write_once
 
 CLASSES = fashion_mnist.CLASSES
 # One colour per class for mmseg's visualiser (metainfo 'palette'), tab10.
@@ -75,7 +75,7 @@ def write(root: Path, seed: int = 0, n_train: int = 200, n_val: int = 50, size: 
 def ensure(root: Path | None = None, seed: int = 0) -> Path:
     """The embedded set's `ADEChallengeData2016` folder, written once under `root` (default: the cache) and reused.
 
-    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
+    See `embedded.cache.write_once`: a killed writer never leaves a half set.
     """
     base = Path(root) if root is not None else cache_root()
     final = base / f"ade20k-v{VERSION}-seed{seed}"
