@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbones.yamlio import load_yaml_mapping
+
 ENTRY_POINT_GROUP = "harness.backbones"
 TIMM_PREFIX = "timm:"
 
@@ -215,25 +217,12 @@ def load_backbone_yaml(path: str | Path) -> str:
     Keys are `BackboneSpec` fields; `name`, `arch` and `checkpoint_format` are required, `family` defaults to custom.
     A relative `checkpoint` is taken relative to the YAML file.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"backbone file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"backbone file {path} must hold a mapping of BackboneSpec fields")
+    fields = {f.name for f in dataclasses.fields(BackboneSpec)}
+    data = load_yaml_mapping(path, "backbone file", keys=fields, allow_empty=False)
     missing = [k for k in _YAML_REQUIRED if k not in data]
     if missing:
         raise ValueError(f"backbone file {path} lacks the key(s) {', '.join(missing)}")
-    fields = {f.name for f in dataclasses.fields(BackboneSpec)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        allowed = ", ".join(sorted(fields))
-        raise ValueError(f"backbone file {path} has unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
     data.setdefault("family", "custom")
     _check_yaml_values(data, path)
     for key in ("mean", "std", "dense_taps"):
