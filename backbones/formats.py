@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from backbones.spec import unknown_name_error
+
 StateDict = dict[str, torch.Tensor]
 FormatFilter = Callable[[Mapping[str, Any]], StateDict]
 FORMATS: dict[str, FormatFilter] = {}
@@ -42,8 +44,6 @@ def checkpoint_format(fn: FormatFilter) -> FormatFilter:
 
 def get_format(name: str) -> FormatFilter:
     if name not in FORMATS:
-        from backbones.registry import unknown_name_error
-
         raise unknown_name_error("checkpoint format", name, sorted(FORMATS))
     return FORMATS[name]
 

@@ -18,56 +18,16 @@ come through timm's own pretrained machinery (`backbones.timm_hub`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import importlib.metadata
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbones.spec import TIMM_PREFIX, BackboneSpec, unknown_name_error
+from backbones.yamlio import load_yaml_mapping
+
 ENTRY_POINT_GROUP = "harness.backbones"
-TIMM_PREFIX = "timm:"
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything the harness needs to know about a backbone, as data.
-
-    `arch` is a timm model name and `arch_kwargs` its overrides (a tiny ViT is `vit_tiny_patch16_224` with a smaller
-    patch, image and depth). `checkpoint_format` names a filter in `backbones.formats`. `url` is the official download
-    and `sha256` its published checksum: the full hex digest, or the leading hex digits a torch.hub file name carries
-    (`check_hash`'s convention), or None when the publisher gives none. A local file given at load time always wins.
-    `timm_pretrained` entries (`timm:` names) have no url: `arch` is a timm `model.tag` loaded with `pretrained=True`.
-    """
-
-    name: str
-    arch: str
-    family: str  # mae | supervised | mocov3 | dino | beit | scratch | custom: the row label of the paper's tables
-    checkpoint_format: str = "timm"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    url: str | None = None
-    sha256: str | None = None
-    timm_pretrained: bool = False
-    checkpoint: str | None = None  # a local file that stands in for `url` (YAML entries, the project's own pretraining)
-    img_size: int = 224
-    patch_size: int = 16
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    license: str = "unknown"
-    layer_decay: float = 0.65  # recommended layer-wise lr decay for fine-tuning (MAE: 0.65 for B, 0.75 for L and H)
-    dense_taps: tuple[int, ...] = ()  # 0-based blocks that dense tasks tap (quarter points, e.g. 3, 5, 7, 11 for B)
-    pretrain_epochs: int | None = None
-    paper_name: str | None = None  # how the MAE paper's tables name it, when they do (e.g. "ViT-B")
-    description: str = ""
-    params: int | None = None  # parameters of the features-only model (num_classes=0), so listing needs no torch
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 SpecFactory = Callable[[], BackboneSpec]
 _FACTORIES: dict[str, SpecFactory] = {}
@@ -127,12 +87,6 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
     _ensure_builtins()
     return sorted(n for n in _FACTORIES if fnmatch.fnmatch(n, pattern))
-
-
-def unknown_name_error(kind: str, name: str, known: list[str]) -> KeyError:
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    return KeyError(f"unknown {kind} {name!r}{hint}")
 
 
 def get_spec(name: str, **overrides: Any) -> BackboneSpec:
@@ -215,25 +169,12 @@ def load_backbone_yaml(path: str | Path) -> str:
     Keys are `BackboneSpec` fields; `name`, `arch` and `checkpoint_format` are required, `family` defaults to custom.
     A relative `checkpoint` is taken relative to the YAML file.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"backbone file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"backbone file {path} must hold a mapping of BackboneSpec fields")
+    fields = {f.name for f in dataclasses.fields(BackboneSpec)}
+    data = load_yaml_mapping(path, "backbone file", keys=fields, allow_empty=False)
     missing = [k for k in _YAML_REQUIRED if k not in data]
     if missing:
         raise ValueError(f"backbone file {path} lacks the key(s) {', '.join(missing)}")
-    fields = {f.name for f in dataclasses.fields(BackboneSpec)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        allowed = ", ".join(sorted(fields))
-        raise ValueError(f"backbone file {path} has unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
     data.setdefault("family", "custom")
     _check_yaml_values(data, path)
     for key in ("mean", "std", "dense_taps"):

@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from backbones.registry import TIMM_PREFIX, BackboneSpec, unknown_name_error
+from backbones.spec import TIMM_PREFIX, BackboneSpec, unknown_name_error
 
 # The taps of the zoo's entries for the depths of ViT-B, L and H; other depths take the quarter points.
 KNOWN_TAPS = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23), 32: (7, 15, 23, 31)}

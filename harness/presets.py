@@ -79,18 +79,10 @@ def _as_list(value: Any, key: str, source: Path) -> list[Any]:
 
 def load_preset(name: str) -> Preset:
     """The preset of that name (or YAML path), validated; errors name the file and the key."""
-    import yaml
+    from backbones.yamlio import load_yaml_mapping
 
     path = preset_path(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"preset {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"preset {path} must be a mapping")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ValueError(f"preset {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KEYS))}")
+    data = load_yaml_mapping(path, "preset", keys=_KEYS)
     if data.get("data", "real") not in ("embedded", "real"):
         raise ValueError(f"preset {path}: 'data' must be 'embedded' or 'real', not {data['data']!r}")
     recipe = data.get("recipe", "tiny")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mmcv_tvops
+from backbones.weights import file_sha256  # also this module's name for it: `provenance.file_sha256`
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # distribution name -> the short name records use
@@ -102,14 +103,6 @@ def hardware() -> dict[str, Any]:
 def collect() -> dict[str, Any]:
     """Versions, git and hardware in one mapping (the parts of a record that describe the environment)."""
     return {"versions": package_versions(), "git": git_info(), "hardware": hardware()}
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cached_sha256(path: str | Path, cache_file: Path | None = None) -> str:

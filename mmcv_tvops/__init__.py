@@ -8,7 +8,7 @@ a finder to `sys.meta_path` that answers `import mmcv._ext` with `mmcv_tvops.ext
 consulted after Python's path finder, so a compiled `mmcv/_ext*.so` is always found first and used.
 
 The finder is installed in every process of the project's venv by `mmcv_tvops.pth` (written into site-packages by
-`scripts/setup_env.sh`), and again by `harness.compat` on import, so an install without the `.pth` works for this
+`scripts/setup_env.sh`), and again by `backbones.mm.compat` on import, so an install without the `.pth` works for this
 project's own code. Nothing here imports torch: the `.pth` runs at every interpreter start.
 """
 

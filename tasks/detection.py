@@ -14,7 +14,7 @@ the backbone's (patch / scale factor); `model.patch_size` runs a backbone at ano
 layer-wise lr decay goes through `HarnessLayerDecayOptimizerConstructor`, bf16 autocast on CUDA (`tasks.mmcommon`).
 
 Data: the COCO 2017 layout (`annotations/instances_{train,val}2017.json`, `train2017/`, `val2017/`) under
-`ctx.data_root`, or the embedded Fashion-MNIST set (`harness.data.coco`) when `ctx.data_root` is None. Class names
+`ctx.data_root`, or the embedded Fashion-MNIST set (`embedded.coco`) when `ctx.data_root` is None. Class names
 come from the train annotation file's categories (id order), so COCO itself gets mmdet's 80 classes.
 """
 
@@ -116,7 +116,7 @@ def check_coco_root(root: Path) -> CocoLayout:
 def data_root(ctx: TaskContext) -> Path:
     if ctx.data_root is not None:
         return Path(ctx.data_root)
-    from harness.data import coco
+    from embedded import coco
 
     return coco.ensure(seed=0)  # the set is fixed data; ctx.seed varies the training only
 

@@ -14,7 +14,8 @@ Stable interface for `tasks.detection` and `tasks.segmentation`; change a signat
   `cudnn_benchmark_off_in_eval()`
 * `nonfinite_loss_hook()` (every runner of `build_runner` has it)
 
-Configs are plain dicts of registered type names (COMPAT.md: class objects break mmengine's config dump), with
+Configs are plain dicts of registered type names (mmengine 0.10.7 cannot dump a config holding class objects: yapf
+raises `SyntaxError: Failed to format the config file`), with
 `custom_imports` written in; the adapter is also imported here before building, because `Runner.from_cfg` on a dict
 ignores `custom_imports`.
 """
@@ -38,9 +39,8 @@ LAUNCHERS = ("none", "pytorch", "slurm")
 
 
 def import_adapter() -> None:
-    """Registers `HarnessViT` and the layer-decay constructor, and applies `harness.compat`."""
+    """Registers `HarnessViT` and the layer-decay constructor, and applies `backbones.mm.compat`."""
     import backbones.mm  # noqa: F401
-    import harness.compat  # noqa: F401
 
 
 def use_cuda(device: str) -> bool:
@@ -152,8 +152,8 @@ def runtime_cfg(
 ) -> dict[str, Any]:
     """Work dir, launcher, seed, iteration-based loops, hooks and resume: everything but model, data and optimizer.
 
-    Each Runner gets its own `experiment_name` (COMPAT.md: the default, a timestamp to the second, is also the key of
-    its default scope, so an mmdet and an mmseg runner made in the same second would share one).
+    Each Runner gets its own `experiment_name` (in mmengine 0.10.7 the default, a timestamp to the second, is also the
+    key of its default scope, so an mmdet and an mmseg runner made in the same second would share one).
     """
     world_size(ctx.launcher)  # validates the name
     return dict(
@@ -223,7 +223,7 @@ def build_runner(cfg: dict[str, Any], work_dir: str | Path) -> Any:
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from harness.compat import trust_checkpoint_dir
+    from backbones.mm.compat import trust_checkpoint_dir
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     trust_checkpoint_dir(work_dir)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from backbones.yamlio import load_yaml_mapping, yaml11_float
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
-_FLOAT_NO_DOT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def recipe_path(task: str, name: str) -> Path:
@@ -45,12 +45,7 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ValueError(f"recipe {path} includes itself through {' -> '.join(map(str, seen))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"recipe {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"recipe {path} must be a mapping")
+    data = load_yaml_mapping(path, "recipe")
     includes = data.pop("include", [])
     merged: dict[str, Any] = {}
     for inc in [includes] if isinstance(includes, str) else includes:
@@ -69,18 +64,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         reason = str(getattr(e, "problem", None) or e).strip()
         raise ValueError(f"value {value!r} is not valid YAML ({reason}); quote a string, write a list as [1, 2]") \
             from None
-    if isinstance(parsed, str) and _FLOAT_NO_DOT.match(parsed):  # YAML 1.1 reads 4e-3 as a string
-        parsed = float(parsed)
-    return key.strip(), parsed
+    return key.strip(), yaml11_float(parsed)  # YAML 1.1 reads 4e-3 as a string
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _yaml11_float(v: Any) -> Any:
-    """'4e-3' (a string to YAML 1.1, a number to every reader here) -> 0.004."""
-    return float(v) if isinstance(v, str) and _FLOAT_NO_DOT.match(v) else v
 
 
 def _allowed(old: Any, new: Any) -> str | None:
@@ -88,7 +76,7 @@ def _allowed(old: Any, new: Any) -> str | None:
     the recipe declares: an integer stays an integer, a number a finite number, a count or rate that is not negative
     in the recipe stays not negative, a flag a boolean, a list a list (of numbers, if it holds numbers). A mapping
     (a value per model size) may be replaced by one value for every size; null (off) replaces no number or flag."""
-    old, new = _yaml11_float(old), _yaml11_float(new)
+    old, new = yaml11_float(old), yaml11_float(new)
     sign = " >= 0" if _is_number(old) and old >= 0 else ""
     if isinstance(old, bool):
         return None if isinstance(new, bool) else "true or false"

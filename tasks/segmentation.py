@@ -6,7 +6,7 @@ resampled to four strides, or ViTDet's simple pyramid), `UPerHead` and an `FCNHe
 level, as mmseg's `configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py`. Training, sliding-window testing and
 the metrics (mmseg's `IoUMetric`: mIoU, mAcc, aAcc in percent) are mmengine's Runner and mmseg's; the recipe
 (`tasks/recipes/ade20k/*.yaml`) is data. Data: the `ADEChallengeData2016` layout at `ctx.data_root`, or the embedded
-Fashion-MNIST set (`harness.data.ade20k`) when it is None (read by mmseg's `BaseSegDataset` with ADE20KDataset's
+Fashion-MNIST set (`embedded.ade20k`) when it is None (read by mmseg's `BaseSegDataset` with ADE20KDataset's
 settings, since ADE20KDataset accepts only its own class names as `metainfo`). The layout and every image/annotation
 pair are checked before the runner is built, so a broken file is named instead of failing deep inside a data loader.
 Scalars go to mmengine's local files, and to TensorBoard or W&B with `harness run --log-backend` (`vis_backends()`).
@@ -27,7 +27,7 @@ TASK = "ade20k"
 SPLITS = ("training", "validation")
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 ADE_NUM_CLASSES = 150
-EMBEDDED_META = "embedded.json"  # harness.data.ade20k.META_FILE, read without importing the writer
+EMBEDDED_META = "embedded.json"  # embedded.ade20k.META_FILE, read without importing the writer
 
 
 def run(ctx: TaskContext) -> TaskResult:
@@ -62,7 +62,7 @@ def resolve_data(data_root: Path | str | None) -> tuple[Path, tuple[str, ...] | 
     """The `ADEChallengeData2016` folder and its classes (None: ADE20K's own 150). `data_root` may name that folder
     or its parent; None writes (once) and uses the embedded set."""
     if data_root is None:
-        from harness.data import ade20k
+        from embedded import ade20k
 
         return ade20k.ensure(), tuple(ade20k.CLASSES)
     root = Path(data_root).expanduser()
@@ -216,7 +216,7 @@ def _dataloaders(ctx: TaskContext, recipe: dict[str, Any], root: Path, classes: 
     ]
     dataset = dict(type="ADE20KDataset", data_root=str(root), reduce_zero_label=True)
     if classes is not None:
-        from harness.data import ade20k
+        from embedded import ade20k
 
         # ADE20KDataset accepts only a subset of its own 150 class names as `metainfo` classes (it builds a label
         # map); another label set is read by its base class with ADE20KDataset's settings (.jpg / .png, zero = other).

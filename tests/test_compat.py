@@ -1,4 +1,4 @@
-"""`harness.compat` and the config-level fixes of `tasks.mmcommon`: each test fails without its fix."""
+"""`backbones.mm.compat` and the config-level fixes of `tasks.mmcommon`: each test fails without its fix."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import compat
+from backbones.mm import compat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,10 +109,11 @@ def test_plain_optim_wrapper_on_cpu() -> None:
 
 
 def test_mmcv_ext_is_served_without_the_pth(tmp_path: Path) -> None:
-    """An install without mmcv_tvops.pth (`pip install .`): importing harness.compat makes mmcv's ops importable."""
+    """An install without mmcv_tvops.pth (`pip install .`): importing backbones.mm.compat makes mmcv's ops
+    importable."""
     code = ("import sys, mmcv_tvops; sys.meta_path[:] = [f for f in sys.meta_path "
             "if not isinstance(f, mmcv_tvops.ExtFinder)]\n"
-            "import harness.compat, mmcv.ops, mmcv_tvops\n"
+            "import backbones.mm.compat, mmcv.ops, mmcv_tvops\n"
             "print(sum(isinstance(f, mmcv_tvops.ExtFinder) for f in sys.meta_path), mmcv_tvops.backend())")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

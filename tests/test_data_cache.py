@@ -1,10 +1,10 @@
-"""`harness.data.cache.write_once`: a set is written once, an outdated one replaced, a concurrent writer's kept."""
+"""`embedded.cache.write_once`: a set is written once, an outdated one replaced, a concurrent writer's kept."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.data.cache import has_version, mark_version, write_once
+from embedded.cache import has_version, mark_version, write_once
 
 
 def _writer(tag: str, calls: list[str]):

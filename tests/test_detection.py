@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from harness.data import coco
+from embedded import coco
 from tasks import TaskContext
 from tasks.recipes import load_recipe
 

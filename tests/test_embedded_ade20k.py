@@ -1,4 +1,4 @@
-"""The embedded ADE20K-layout set (`harness.data.ade20k`): layout, determinism, labels, caching, and reading it with
+"""The embedded ADE20K-layout set (`embedded.ade20k`): layout, determinism, labels, caching, and reading it with
 mmseg's datasets."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from harness.data import ade20k
-from harness.data import fashion_mnist as fm
+from embedded import ade20k
+from embedded import fashion_mnist as fm
 
 
 def _digest(root: Path) -> str:

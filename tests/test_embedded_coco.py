@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.data import coco, fashion_mnist
+from embedded import coco, fashion_mnist
 
 
 @pytest.fixture(scope="module")

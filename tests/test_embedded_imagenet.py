@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import fashion_mnist, imagenet
+from embedded import fashion_mnist, imagenet
 
 
 def _digest(root: Path) -> str:

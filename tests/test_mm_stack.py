@@ -36,7 +36,7 @@ def _runner_cfg(tmp: Path, scope: str, model: dict[str, Any], train_ds: dict[str
         default_scope=scope,
         model=model,
         work_dir=str(tmp / scope),
-        experiment_name=f"stack_{scope}_{uuid.uuid4().hex[:8]}",  # one scope per runner (COMPAT.md)
+        experiment_name=f"stack_{scope}_{uuid.uuid4().hex[:8]}",  # one scope per runner (default: a timestamp)
         train_dataloader=dict(loader, dataset=train_ds),
         val_dataloader=dict(loader, dataset=val_ds),
         val_evaluator=evaluator,
@@ -89,7 +89,7 @@ def _mmdet_config(rel: str) -> str:
 
 @pytest.mark.slow
 def test_mask_rcnn_trains_and_evaluates(tmp_path: Path) -> None:
-    from harness.data import coco
+    from embedded import coco
 
     root = coco.write(tmp_path / "coco", seed=0, n_train=4, n_val=2)
     backbone, channels, strides = _backbone()

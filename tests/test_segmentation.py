@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from backbones import create_backbone
-from harness.data import ade20k
+from embedded import ade20k
 from tasks import TaskContext
 from tasks import segmentation as seg
 from tasks.recipes import load_recipe

@@ -1,83 +1,8 @@
-"""An embedded semantic-segmentation set in the ADE20K layout (Zhou et al. 2017, `ADEChallengeData2016`), made of real
-Fashion-MNIST garments (Xiao et al. 2017) pasted on canvases, so the ADE20K task runs end to end on a CPU.
+"""Moved to `embedded.ade20k`; this name is the same module object, kept until the last importer of
+`harness.data.ade20k` is updated (then this file goes)."""
 
-Layout and conventions are ADE20K's, as mmseg's `ADE20KDataset` reads them:
-`ADEChallengeData2016/images/{training,validation}/*.jpg` and `annotations/{training,validation}/*.png` (uint8),
-0 = other/ignore, 1..10 = the Fashion-MNIST classes (read with `reduce_zero_label=True`: 0 -> 255 ignored, k -> k-1).
-Each canvas holds a few garments at random positions and scales on a faint noise background; a garment's label covers
-its silhouette (intensity above `SILHOUETTE_THRESHOLD`), later garments over earlier ones. Training canvases use the
-training split, validation canvases the test split. Everything follows from `seed`.
-"""
+import sys
 
-from __future__ import annotations
+from embedded import ade20k
 
-import json
-from pathlib import Path
-
-import cv2
-import numpy as np
-
-from harness.data import fashion_mnist
-from harness.data.cache import cache_root, write_once
-
-CLASSES = fashion_mnist.CLASSES
-# One colour per class for mmseg's visualiser (metainfo 'palette'), tab10.
-PALETTE = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
-FOLDER = "ADEChallengeData2016"
-SPLITS = {"training": "train", "validation": "test"}  # ADE split -> Fashion-MNIST split
-PREFIX = {"training": "ADE_train", "validation": "ADE_val"}
-VERSION = 1  # bump when the generator changes what it writes (part of the cache folder's name)
-CANVAS = 64  # pixels; 16x16 patches for the tiny patch-4 ViT
-GARMENTS = (2, 4)  # garments per canvas, inclusive range
-SCALE = (20, 40)  # garment side in pixels (from 28), inclusive range
-SILHOUETTE_THRESHOLD = 40  # Fashion-MNIST intensity (0..255) above which a pixel belongs to the garment
-JPEG_QUALITY = 95
-META_FILE = "embedded.json"  # classes and provenance, next to images/ and annotations/
-
-
-def _canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
-    """One RGB canvas [size, size, 3] uint8 and its label map [size, size] uint8."""
-    image = rng.integers(0, 24, (size, size), dtype=np.uint8)  # faint noise, darker than any silhouette
-    target = np.zeros((size, size), dtype=np.uint8)
-    for _ in range(rng.integers(GARMENTS[0], GARMENTS[1] + 1)):
-        i = rng.integers(len(images))
-        side = int(rng.integers(SCALE[0], SCALE[1] + 1))
-        garment = cv2.resize(images[i], (side, side), interpolation=cv2.INTER_LINEAR)  # [side, side]
-        y, x = (int(v) for v in rng.integers(0, size - side + 1, 2))
-        mask = garment > SILHOUETTE_THRESHOLD
-        image[y : y + side, x : x + side][mask] = garment[mask]
-        target[y : y + side, x : x + side][mask] = labels[i] + 1
-    return np.repeat(image[..., None], 3, axis=2), target
-
-
-def write(root: Path, seed: int = 0, n_train: int = 200, n_val: int = 50, size: int = CANVAS) -> Path:
-    """Writes the set under `root/ADEChallengeData2016` and returns that folder."""
-    out = Path(root) / FOLDER
-    for split, n in (("training", n_train), ("validation", n_val)):
-        images, labels = fashion_mnist.load(SPLITS[split])
-        rng = np.random.default_rng([seed, 0 if split == "training" else 1])
-        img_dir, ann_dir = out / "images" / split, out / "annotations" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        ann_dir.mkdir(parents=True, exist_ok=True)
-        for k in range(n):
-            image, target = _canvas(rng, images, labels, size)
-            stem = f"{PREFIX[split]}_{k + 1:08d}"
-            cv2.imwrite(str(img_dir / f"{stem}.jpg"), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            cv2.imwrite(str(ann_dir / f"{stem}.png"), target)
-    meta = dict(classes=list(CLASSES), seed=seed, version=VERSION, n_train=n_train, n_val=n_val, size=size)
-    (out / META_FILE).write_text(json.dumps(meta, indent=1))  # tells the task these are not ADE20K's 150 classes
-    return out
-
-
-def ensure(root: Path | None = None, seed: int = 0) -> Path:
-    """The embedded set's `ADEChallengeData2016` folder, written once under `root` (default: the cache) and reused.
-
-    See `harness.data.cache.write_once`: a killed writer never leaves a half set.
-    """
-    base = Path(root) if root is not None else cache_root()
-    final = base / f"ade20k-v{VERSION}-seed{seed}"
-    complete = lambda r: (r / FOLDER / META_FILE).is_file()  # noqa: E731  (written last by `write`)
-    return write_once(final, lambda tmp: write(tmp, seed=seed), complete) / FOLDER
+sys.modules[__name__] = ade20k

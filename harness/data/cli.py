@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-DATASETS = ("imagenet", "coco", "ade20k")  # each module of harness.data has write(root, seed) -> Path
+DATASETS = ("imagenet", "coco", "ade20k")  # each of these modules of `embedded` has write(root, seed) -> Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def write_embedded(out: Path, seed: int = 0) -> dict[str, Path]:
     """Writes every embedded data set under `out` and returns their roots."""
-    from harness.data import ade20k, coco, imagenet
+    from embedded import ade20k, coco, imagenet
 
     return {
         "imagenet": imagenet.write(out / "imagenet", seed=seed),
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fashion_mnist is not None:
         if not args.fashion_mnist.is_dir():
             raise SystemExit(f"--fashion-mnist {args.fashion_mnist}: no such folder")
-        os.environ["HARNESS_FASHION_MNIST"] = str(args.fashion_mnist)  # read by harness.data.fashion_mnist
+        os.environ["HARNESS_FASHION_MNIST"] = str(args.fashion_mnist)  # read by embedded.fashion_mnist
     for name, root in write_embedded(args.out, seed=args.seed).items():
         print(f"{name}: {root}")
     return 0

@@ -12,6 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from backbones.weights import file_sha256
+
 ANNOTATION_SUFFIXES = (".json", ".txt", ".csv", ".yaml", ".yml", ".xml")
 
 
@@ -24,7 +26,7 @@ def fingerprint(root: str | Path) -> str:
         rel = path.relative_to(root).as_posix()
         h.update(f"{rel}\0{path.stat().st_size}\n".encode())
         if path.suffix.lower() in ANNOTATION_SUFFIXES:
-            h.update(_sha256(path).encode())
+            h.update(file_sha256(path).encode())
     return h.hexdigest()[:16]
 
 
@@ -36,11 +38,3 @@ def _files(root: Path) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         out += [Path(folder) / n for n in names if not n.startswith(".")]
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import platform
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from backbones.yamlio import yaml11_float
 
 if TYPE_CHECKING:
     import torch
@@ -47,16 +48,13 @@ def resolve_recipe(
     return cfg
 
 
-_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
 def _exponent_floats(node: Any) -> Any:
     """YAML 1.1 reads `1e-3` (no dot) as a string; recipes and `--set optim.base_lr=1e-3` mean a number."""
     if isinstance(node, dict):
         return {k: _exponent_floats(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_exponent_floats(v) for v in node]
-    return float(node) if isinstance(node, str) and _EXPONENT_FLOAT.match(node) else node
+    return yaml11_float(node)
 
 
 def build_method(method: str, spec: Any, recipe: dict[str, Any]) -> torch.nn.Module:

@@ -128,7 +128,7 @@ def fashion_mnist_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST as uint8 `[N, 3, S, S]` (grey replicated) and int64 labels `[N]`; `subset` keeps a fixed random
     N (drawn with `seed`, so every method of a preset sees the same images)."""
-    from harness.data import fashion_mnist
+    from embedded import fashion_mnist
 
     images, labels = fashion_mnist.load(split)
     x = torch.from_numpy(images.copy())[:, None]  # [N, 1, 28, 28]

@@ -1,4 +1,5 @@
-"""Where the embedded data sets live, and writing one exactly once, even with a killed or a concurrent writer."""
+"""Where the embedded data sets live, and writing one exactly once, even with a killed or a concurrent writer; the
+versioned sets (`imagenet`, `coco`) share `ensure_versioned`."""
 
 from __future__ import annotations
 
@@ -57,7 +58,16 @@ def write_once(root: Path, write: Callable[[Path], object], is_complete: Callabl
     return root
 
 
-def ensure_version(root: Path, write: Callable[[Path], object], version: int) -> Path:
-    """`root`, written once by `write(folder)` (which ends with `mark_version(folder, version)`) and reused while its
-    marker says `version`; a set of another version is rewritten (see `write_once`)."""
-    return write_once(root, write, lambda folder: has_version(folder, version))
+def default_root(name: str, seed: int = 0) -> Path:
+    """`cache_root() / name` for seed 0, `name_seed{seed}` for another seed."""
+    return cache_root() / (name if seed == 0 else f"{name}_seed{seed}")
+
+
+def ensure_versioned(
+    name: str, write: Callable[..., object], version: int, root: Path | None = None, seed: int = 0
+) -> Path:
+    """The set `name` at `root` (default: `default_root(name, seed)`), written once by `write(folder, seed=seed)` (which
+    ends with `mark_version(folder, version)`) and reused while its marker says `version`; a set of another version is
+    rewritten, and a killed writer never leaves a half set (see `write_once`)."""
+    root = Path(root) if root is not None else default_root(name, seed)
+    return write_once(root, lambda tmp: write(tmp, seed=seed), lambda folder: has_version(folder, version))

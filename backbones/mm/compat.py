@@ -1,5 +1,5 @@
 """Fixes for the OpenMMLab stack (mmengine 0.10.7, mmcv 2.1.0, mmdet 3.3.0, mmseg 1.2.2) on torch >= 2.6, applied
-once on import (`import harness.compat`, done by `backbones.mm` and the mm tasks).
+once on import (`backbones.mm` imports this module before anything else, so every mm task and config has them).
 
 Only what breaks on the harness's own paths is patched here; everything a config can fix is fixed in the config the
 task writes (each Runner gets its own `experiment_name`; a plain `OptimWrapper` on CPU, where `AmpOptimWrapper`
