@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from harness.runner import DID_NOT_START
-from harness.worker import LOG_BACKEND_ENV, ScalarLog, vis_backends
+from tasks.training import LOG_BACKEND_ENV, ScalarLog, vis_backends
 from tests.test_runner import base_args, harness, write_suite
 
 
