@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,31 +104,45 @@ def _run(ctx: TaskContext, s: Setup, device: torch.device, dist_: Dist, t_start:
     if per_epoch == 0:
         raise ValueError(f"{s.section}.batch_size={p.cfg['batch_size']} exceeds the {len(data.train)} training "
                          f"images of {s.data_root}/train")
-    trainer = _trainer(model, s, p, data.cached, dist_, device, per_epoch)
+    r = _Loop(ctx, s, p, dist_, _trainer(model, s, p, data.cached, dist_, device, per_epoch), data,
+              CostMeter(device), per_epoch)
     work_dir = Path(ctx.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch, history = _resume(trainer, work_dir / CHECKPOINT, s, p, dist_)
-    meter = CostMeter(device)
+    start_epoch, history = _resume(r, work_dir / CHECKPOINT)
     t_train = time.time()
     with ScalarLog(work_dir, enabled=dist_.main) as scalars:  # harness run --log-backend; nothing without it
         for epoch in range(start_epoch, p.cfg["epochs"]):
-            history.append(_epoch(ctx, trainer, data, s, p, dist_, meter, epoch, per_epoch))
+            history.append(_epoch(r, epoch))
             scalars.add({k: history[-1][k] for k in ("loss", "lr", "top1", "top5")}, step=epoch + 1)
-            _save(trainer, work_dir / CHECKPOINT, epoch, p, history, dist_)
+            _save(r, work_dir / CHECKPOINT, epoch, history)
         train_seconds = time.time() - t_train
-        metrics = _metrics(ctx, trainer, data, s, p, dist_, meter, history)
+        metrics = _metrics(r, history)
     extra = {
         "protocol": s.protocol, "section": s.section, "blocks": s.blocks, "load_report": report,
         "num_classes": len(s.classes), "num_train": len(data.train), "num_val": len(data.val),
         "data_root": str(s.data_root), "cached_features": data.cached, "resumed_from_epoch": start_epoch,
         "history": history, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start,
-        "device": str(device), "rank": dist_.rank, "trainable_params": _trainable(trainer.optimizer),
-        "cost": meter.summary(),  # micro-batch step time and peak memory, training and evaluation apart
+        "device": str(device), "rank": dist_.rank, "trainable_params": _trainable(r.trainer.optimizer),
+        "cost": r.meter.summary(),  # micro-batch step time and peak memory, training and evaluation apart
     }
     if dist_.main:
         log.info("%s top1 %.2f top5 %.2f (last epoch); best top1 %.2f at epoch %d", s.section, metrics["top1"],
                  metrics["top5"], metrics["top1_best"], metrics["top1_best_epoch"])
     return TaskResult(metrics=metrics, recipe=p.resolved, extra=extra)
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """Everything the epoch loop reads."""
+
+    ctx: TaskContext
+    s: Setup
+    p: Plan
+    dist_: Dist
+    trainer: Trainer
+    data: Splits
+    meter: CostMeter
+    per_epoch: int  # optimizer steps an epoch
 
 
 def _trainer(model: Classifier, s: Setup, p: Plan, cached: bool, dist_: Dist, device: torch.device,
@@ -145,58 +160,57 @@ def _trainer(model: Classifier, s: Setup, p: Plan, cached: bool, dist_: Dist, de
                    p.precision, cached)
 
 
-def _resume(t: Trainer, path: Path, s: Setup, p: Plan, dist_: Dist) -> tuple[int, list[dict[str, Any]]]:
+def _resume(r: _Loop, path: Path) -> tuple[int, list[dict[str, Any]]]:
     """(first epoch to run, history so far) from the run's own checkpoint, restoring the model and optimizer."""
-    state = load_checkpoint(path, _comparable(p.resolved))
+    state = load_checkpoint(path, _comparable(r.p.resolved))
     if state is None:
         return 0, []
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    if dist_.main:
-        log.info("resuming %s from %s (epoch %d of %d)", s.section, path, state["epoch"], p.cfg["epochs"])
+    r.trainer.model.load_state_dict(state["model"])
+    r.trainer.optimizer.load_state_dict(state["optimizer"])
+    if r.dist_.main:
+        log.info("resuming %s from %s (epoch %d of %d)", r.s.section, path, state["epoch"], r.p.cfg["epochs"])
     return state["epoch"], list(state.get("history", []))
 
 
-def _epoch(ctx: TaskContext, t: Trainer, data: Splits, s: Setup, p: Plan, dist_: Dist, meter: CostMeter,
-           epoch: int, per_epoch: int) -> dict[str, Any]:
+def _epoch(r: _Loop, epoch: int) -> dict[str, Any]:
     """Trains one epoch, then evaluates, every epoch, as MAE's main_finetune / main_linprobe (whose logs report the
     best epoch's top-1). Returns the epoch's line of the history."""
-    t0 = time.time()
-    seed_everything(ctx.seed * 1_000_003 + epoch * 1009 + dist_.rank)  # resume replays the same randomness
-    loader = meter.timed("train", batches(data.train, p.micro, dist_, ctx.seed, epoch, data.workers, t.device,
-                                          train=True))
-    loss, _ = train_one_epoch(t, loader, epoch * per_epoch)
+    t0, seed, t = time.time(), r.ctx.seed, r.trainer
+    seed_everything(seed * 1_000_003 + epoch * 1009 + r.dist_.rank)  # resume replays the same randomness
+    loader = batches(r.data.train, r.p.micro, r.dist_, seed, epoch, r.data.workers, t.device, train=True)
+    loss, _ = train_one_epoch(t, r.meter.timed("train", loader), epoch * r.per_epoch)
     seconds = time.time() - t0
-    top = _evaluate(ctx, t, data, s, p, dist_, meter)
-    if dist_.main:
-        log.info("%s epoch %d/%d loss %.4f top1 %.2f (%.1fs)", s.section, epoch + 1, p.cfg["epochs"], loss,
+    top = _evaluate(r)
+    if r.dist_.main:
+        log.info("%s epoch %d/%d loss %.4f top1 %.2f (%.1fs)", r.s.section, epoch + 1, r.p.cfg["epochs"], loss,
                  top["top1"], seconds)
     return {"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in t.optimizer.param_groups),
             "seconds": seconds, **top}
 
 
-def _evaluate(ctx: TaskContext, t: Trainer, data: Splits, s: Setup, p: Plan, dist_: Dist,
-              meter: CostMeter) -> dict[str, float]:
-    loader = meter.timed("eval", batches(data.val, p.micro, dist_, ctx.seed, 0, data.workers, t.device, train=False))
-    return evaluate(t.model, loader, dist_, t.device, t.precision, len(s.classes), data.cached)
+def _evaluate(r: _Loop) -> dict[str, float]:
+    t = r.trainer
+    loader = batches(r.data.val, r.p.micro, r.dist_, r.ctx.seed, 0, r.data.workers, t.device, train=False)
+    return evaluate(t.model, r.meter.timed("eval", loader), r.dist_, t.device, t.precision, len(r.s.classes),
+                    r.data.cached)
 
 
-def _save(t: Trainer, path: Path, epoch: int, p: Plan, history: list[dict[str, Any]], dist_: Dist) -> None:
-    if dist_.main:
+def _save(r: _Loop, path: Path, epoch: int, history: list[dict[str, Any]]) -> None:
+    if r.dist_.main:
+        t = r.trainer
         save_checkpoint(path, {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-                               "epoch": epoch + 1, "recipe": _comparable(p.resolved), "history": history})
-    if dist_.world > 1:
+                               "epoch": epoch + 1, "recipe": _comparable(r.p.resolved), "history": history})
+    if r.dist_.world > 1:
         dist.barrier()  # the checkpoint is complete before any rank can be stopped
 
 
-def _metrics(ctx: TaskContext, t: Trainer, data: Splits, s: Setup, p: Plan, dist_: Dist, meter: CostMeter,
-             history: list[dict[str, Any]]) -> dict[str, float]:
+def _metrics(r: _Loop, history: list[dict[str, Any]]) -> dict[str, float]:
     """The last epoch's top-1 and top-5, and the best epoch's top-1."""
     if history and "top1" in history[-1]:
         metrics = {k: history[-1][k] for k in ("top1", "top5")}
     else:  # resumed from a finished run whose checkpoint predates per-epoch evaluation
-        metrics = _evaluate(ctx, t, data, s, p, dist_, meter)
-    return {**metrics, **best_epoch(history, metrics["top1"], p.cfg["epochs"])}
+        metrics = _evaluate(r)
+    return {**metrics, **best_epoch(history, metrics["top1"], r.p.cfg["epochs"])}
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> int:
