@@ -68,14 +68,13 @@ from tasks.classification.recipe import (
     resolve_section,
 )
 from tasks.cost import CostMeter
-from tasks.training import ScalarLog, autocast, seed_everything
+from tasks.training import ScalarLog, seed_everything
 
-__all__ = [
+__all__ = [  # the entry point, and the parts other code and the tests reach through the package
     "CHECKPOINT", "PROTOCOLS", "SIZES", "Classifier", "Dist", "MemoryImageFolder", "_accumulation", "_posterize",
-    "augmented", "autocast", "batches", "best_epoch", "build_classifier", "build_criterion", "build_mixup",
-    "build_optimizer", "build_scheduler", "build_transform", "embed_dim", "encode_all", "evaluate", "load_checkpoint",
-    "model_size", "open_split", "patch_timm_posterize", "resolve_section", "run", "save_checkpoint",
-    "seed_everything", "train_one_epoch",
+    "augmented", "batches", "best_epoch", "build_classifier", "build_criterion", "build_mixup", "build_optimizer",
+    "build_scheduler", "build_transform", "embed_dim", "encode_all", "evaluate", "load_checkpoint", "model_size",
+    "open_split", "patch_timm_posterize", "resolve_section", "run", "save_checkpoint", "train_one_epoch",
 ]
 
 log = logging.getLogger(__name__)
