@@ -24,7 +24,6 @@ from harness import provenance, store
 from harness.dispatch import load_backbones, nonfinite_metrics, pick_device, rank, run_pretrain, run_task
 from harness.records import Job, build_record
 from tasks import NonFiniteLoss
-from tasks.training import ScalarLog, log_backend, log_backend_missing, vis_backends  # noqa: F401  (their old home)
 
 PARENT_ENV = "HARNESS_RUNNER_PID"  # the runner's pid: a worker exits when that process is gone
 

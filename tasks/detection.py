@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.worker import vis_backends
 from tasks import TaskContext, TaskResult, mmcommon
 from tasks.recipes import load_recipe
+from tasks.training import vis_backends
 
 SPLITS = ("train", "val")
 NECKS = ("simple", "fpn")
@@ -348,24 +348,6 @@ def build_config(ctx: TaskContext, recipe: dict[str, Any], root: Path, layout: C
 # --- run ----------------------------------------------------------------------------------------------------------
 
 
-def _train_and_validate(runner: Any) -> dict[str, float]:
-    """Trains (resuming from work_dir's last checkpoint) and returns the last evaluation's metrics; the epoch loop
-    always evaluates its last epoch, so only a run that was already complete is evaluated afresh."""
-    from mmengine.hooks import Hook
-
-    class LastMetrics(Hook):
-        priority = "LOWEST"
-        metrics: dict[str, float] | None = None
-
-        def after_val_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
-            self.metrics = dict(metrics or {})
-
-    hook = LastMetrics()
-    runner.register_hook(hook)
-    runner.train()
-    return hook.metrics if hook.metrics is not None else dict(runner.val())
-
-
 def to_percent(metrics: dict[str, float]) -> dict[str, float]:
     """CocoMetric's `coco/bbox_mAP` in [0, 1] -> `bbox_mAP` in percent. pycocotools' -1 (no val object of that size)
     stays -1; a model that detects nothing at all (CocoMetric then returns nothing) scores 0."""
@@ -388,7 +370,7 @@ def run(ctx: TaskContext) -> TaskResult:
     resumed_from = mmcommon.latest_checkpoint(ctx.work_dir)
     runner = mmcommon.build_runner(cfg, ctx.work_dir)
     meter = mmcommon.attach_cost_meter(runner, ctx.device)
-    raw = _train_and_validate(runner)
+    raw = mmcommon.train_and_validate(runner)
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     backbone = model.backbone
     extra = dict(

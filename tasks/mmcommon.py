@@ -279,7 +279,10 @@ def cudnn_benchmark_off_in_eval() -> Any:
 def train_and_validate(runner: Any) -> dict[str, float]:
     """Trains (resuming when work_dir holds a checkpoint) and returns the last validation's metrics; a run that was
     already complete is only validated. Evaluation runs without cuDNN's benchmark search
-    (`cudnn_benchmark_off_in_eval`)."""
+    (`cudnn_benchmark_off_in_eval`).
+
+    mmengine's iteration and epoch loops both validate after their last iteration or epoch, whatever the interval, so
+    a call that trained has validated the final model; only a call that had nothing left to train validates here."""
     from mmengine.hooks import Hook
 
     class LastMetricsHook(Hook):
@@ -295,6 +298,6 @@ def train_and_validate(runner: Any) -> dict[str, float]:
     runner.register_hook(hook)
     runner.register_hook(cudnn_benchmark_off_in_eval())
     runner.train()
-    if hook.metrics is None or runner.iter % runner.train_loop.val_interval:
+    if hook.metrics is None:
         hook.metrics = dict(runner.val())
     return {k: float(v) for k, v in hook.metrics.items()}

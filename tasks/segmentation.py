@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.worker import vis_backends
 from tasks import TaskContext, TaskResult, mmcommon
 from tasks.recipes import load_recipe
+from tasks.training import vis_backends
 
 TASK = "ade20k"
 SPLITS = ("training", "validation")

@@ -1,7 +1,9 @@
-"""What the training loops of every task share: optional logging to TensorBoard or W&B through the backends mmengine
-has (`harness run --log-backend`, off by default). `vis_backends()` is for the tasks that build an mmengine Runner,
-`ScalarLog` for the loops of their own (classification, pretraining); the runner checks `log_backend_missing` before
-anything runs.
+"""What the training loops of the tasks and of pretraining share: the log backends (TensorBoard, W&B through
+mmengine's vis backends), an atomic `torch.save`, bf16 autocast on CUDA and seeding.
+
+The checkpoint and autocast helpers follow facebookresearch/mae (`util/misc.py`'s `save_model`, `main_finetune.py`'s
+`torch.cuda.amp.autocast`); the vis backends are mmengine's, built as its `Runner` builds them. torch is imported on
+first use, so that the runner and the command line can read the log backend without it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import contextlib
+
+    import torch
 
 LOG_BACKEND_ENV = "HARNESS_LOG_BACKEND"  # set by `harness run --log-backend`
 # choice -> (mmengine vis backend, the module it needs, how to get it)
@@ -80,3 +87,44 @@ class ScalarLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- checkpoints, precision, seeds --------------------------------------------------------------------------------
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename: an interruption never leaves half a file (a run
+    killed while saving keeps the previous epoch's checkpoint)."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+PRECISIONS = {"bf16": "bfloat16", "fp16": "float16", "fp32": None, "none": None}  # recipe value -> autocast dtype
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to bf16 (or fp16) on CUDA only: CPU runs stay in float32, which is also what the CPU tests check.
+    timm's attention is already fused (`F.scaled_dot_product_attention`); `fp32` and `none` turn autocast off."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    dtype = PRECISIONS[precision]
+    if device.type != "cuda" or dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators (timm's augmentations draw from `random`)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -13,7 +13,7 @@ import torch
 
 from backbones.checkpoint import build_model
 from backbones.registry import get_spec
-from harness.data import imagenet
+from embedded import imagenet
 from tasks import TaskContext
 from tasks import classification as cls
 from tasks.recipes import load_recipe

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from harness.data import imagenet
+from embedded import imagenet
 from tasks import TaskContext
 from tasks import classification as cls
 

@@ -95,7 +95,7 @@ def test_vis_backends_per_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.mm
 def test_detection_and_segmentation_configs_take_the_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.data import ade20k, coco
+    from embedded import ade20k, coco
     from tasks import TaskContext, detection
     from tasks import segmentation as seg
     from tasks.recipes import load_recipe
@@ -117,7 +117,7 @@ def test_detection_and_segmentation_configs_take_the_backend(tmp_path: Path, mon
 @pytest.mark.slow
 def test_segmentation_runner_writes_tensorboard_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """mmseg's Runner builds the TensorBoard backend from the config and logs its own loss to it."""
-    from harness.data import ade20k
+    from embedded import ade20k
     from tasks import TaskContext
     from tasks import segmentation as seg
 
@@ -141,7 +141,7 @@ def test_segmentation_runner_writes_tensorboard_events(tmp_path: Path, monkeypat
 
 
 def test_classification_logs_its_history_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.data import imagenet
+    from embedded import imagenet
     from tasks import TaskContext
     from tasks import classification as cls
 

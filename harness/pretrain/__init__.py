@@ -124,6 +124,7 @@ def pretrain(
 
     from backbones.registry import get_spec
     from harness.pretrain import data, engine
+    from tasks.training import atomic_save, seed_everything
 
     out_dir = Path(out_dir)
     cfg = resolve_recipe(method, recipe, overrides, epochs)
@@ -137,7 +138,7 @@ def pretrain(
         return export
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(seed)
+    seed_everything(seed)  # torch's generator as before; Python's and NumPy's too (timm's folder transforms)
     model = build_method(method, spec, cfg).to(dev)
     loader = data.build_loader(cfg, None if source == "fashion-mnist" else Path(source), spec.mean, spec.std, seed, dev)
     opt = cfg["optim"]
@@ -158,7 +159,7 @@ def pretrain(
     }
     # no wall time in meta (the run's record has it): the same pretraining writes the same bytes, so the sha256 that
     # identifies the runs built on it stays the same when it is run again
-    engine.atomic_save({"model": model.encoder_state_dict(), "meta": meta}, export)
+    atomic_save({"model": model.encoder_state_dict(), "meta": meta}, export)
     if method == "mae":
         from harness.pretrain.reconstruction import save_figure
 

@@ -9,14 +9,14 @@ stopped before it. Checkpoints are read back with `weights_only=True`: they hold
 
 With `harness run --log-backend` (`HARNESS_LOG_BACKEND`), the numbers of the JSON-lines log (loss and lr at the same
 steps) and each epoch's mean loss also go to TensorBoard or W&B through mmengine's vis backends
-(`harness.worker.ScalarLog`, under `out_dir/vis_data/`).
+(`tasks.training.ScalarLog`, under `out_dir/vis_data/`). Atomic save and autocast are the ones the
+classification loop uses (`tasks.training`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from harness.worker import ScalarLog
 from tasks import NonFiniteLoss
+from tasks.training import ScalarLog, atomic_save, autocast
 
 CHECKPOINT = "checkpoint-last.pth"
 LOG = "log.jsonl"
@@ -63,16 +63,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def autocast(device: torch.device, amp: str) -> Any:
-    """bf16 autocast on CUDA only (CPU runs stay in float32, which is also what the CPU tests check)."""
-    if device.type != "cuda" or amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if dtype is None:
-        raise ValueError(f"amp must be 'bf16', 'fp16' or 'none', not {amp!r}")
-    return torch.autocast("cuda", dtype=dtype)
-
-
 # --- checkpoints ---
 
 
@@ -87,13 +77,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file beside `path`, then rename: an interruption never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(

@@ -182,7 +182,7 @@ def check_data(tasks: list[str], data_root: str | None, specs: dict[str, TaskSpe
 
 def check_embedded_data() -> Path:
     """The Fashion-MNIST folder every embedded set is made from."""
-    from harness.data.fashion_mnist import find_dir
+    from embedded.fashion_mnist import find_dir
 
     try:
         return find_dir()

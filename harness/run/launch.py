@@ -104,7 +104,7 @@ def worker_env(opts: RunOptions, share: dict[str, str] | None = None) -> dict[st
     env["PYTHONUNBUFFERED"] = "1"
     env["HARNESS_RUNNER_PID"] = str(os.getpid())  # harness.worker.PARENT_ENV: the worker exits when this one does
     if opts.log_backend:
-        env["HARNESS_LOG_BACKEND"] = opts.log_backend  # harness.worker.vis_backends() reads it
+        env["HARNESS_LOG_BACKEND"] = opts.log_backend  # tasks.training.vis_backends() reads it
     env.update(share or {})
     return env
 
