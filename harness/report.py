@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import report_html
 from harness.results import recipe_label, split_overrides
 from tasks.spec import Column, TaskSpec, all_columns
 
@@ -357,6 +358,8 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
         index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics if p.suffix == ".png"))
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
+    written += report_html.write_page(out, frame=frame, tables=tables(summary, specs), parts=parts, titles=titles,
+                                      reference=ref, records=recs, files=written, notes=index, specs=specs)
     return written
 
 

@@ -1,0 +1,198 @@
+"""Each run's provenance for the HTML report, as lm-evaluation-harness keeps the config, versions and git hash beside
+each result: what ran (recipe, backbone spec and checkpoint hash, seed, data), where and with what (versions, git
+commit, hardware), how long, its log, and how it failed.
+
+The report's own reading (`harness.results.read_compact`) keeps only what the tables need, so the newest record of
+each run is read again here, whole, and pruned at once to `KEEP`. The resolved recipe, the backbone spec and the
+environment (versions, git, hardware) repeat across a sweep's runs; each distinct one is kept and shown once and the
+runs link to it, so that the page grows by a few hundred bytes a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.report_html.markup import details, esc, fields
+
+KEEP = ("run_id", "status", "kind", "task", "protocol", "recipe_name", "recipe_version", "overrides", "seed", "method",
+        "metrics", "error", "failure", "launcher", "world_size", "wall_time_s", "started_at", "finished_at", "log",
+        "work_dir", "data_root", "data_fingerprint")
+SHARED = {"recipe": "Resolved recipes", "spec": "Backbone specs", "env": "Environments"}
+VERSIONS_SHOWN = ("torch", "timm", "mmdet", "mmseg")  # in the run's line; all of them one click further
+
+
+@dataclass
+class Provenance:
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the newest record of each run, pruned
+    shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> {key: content}
+    users: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, key, task) -> runs
+    attempts: Counter[str] = field(default_factory=Counter)  # run id -> records of it
+
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        return {r["run_id"]: r for r in self.runs}
+
+
+def _key(content: Any) -> str:
+    return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _whole(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record as written (the compact one carries its file as `_path`); the compact one if it is unreadable."""
+    path = rec.get("_path")
+    if not path:
+        return rec
+    try:
+        with open(path, "rb") as f:
+            whole = json.loads(f.read())
+        return whole if isinstance(whole, dict) else rec
+    except (OSError, ValueError) as e:
+        warnings.warn(f"provenance of {rec['run_id']}: {path} is unreadable ({e}); showing what the tables read",
+                      stacklevel=2)
+        return rec
+
+
+def read(records: list[dict[str, Any]]) -> Provenance:
+    """The provenance of the newest record of each run id in `records` (the report's compact records)."""
+    from harness import store
+
+    out = Provenance(attempts=Counter(r["run_id"] for r in records))
+    for compact in store.latest(records).values():
+        rec = _whole(compact)
+        run = {k: rec.get(k) for k in KEEP}
+        backbone = rec.get("backbone") or {}
+        run["backbone"] = {k: backbone.get(k) for k in ("name", "checkpoint", "sha256", "pretrain")}
+        env = {k: rec.get(k) or {} for k in ("versions", "git", "hardware")}
+        for kind, content in (("recipe", rec.get("recipe")), ("spec", backbone.get("spec")), ("env", env)):
+            if content:
+                key = _key(content)
+                out.shared.setdefault(kind, {}).setdefault(key, content)
+                out.users[kind, key, " / ".join(str(x) for x in (run["task"], run["protocol"]) if x)] += 1
+                run[f"{kind}_key"] = key
+        run["git"], run["hardware"] = env["git"], env["hardware"]
+        run["versions"] = {k: v for k, v in env["versions"].items() if k in VERSIONS_SHOWN}
+        out.runs.append(run)
+    return out
+
+
+def data_origin(runs: list[dict[str, Any]]) -> tuple[int, list[str], list[str]]:
+    """(runs on the embedded data sets, the real data roots, the data fingerprints) of `runs`: a record without a
+    data root ran on the embedded Fashion-MNIST sets (`harness.records.Job.data_root`)."""
+    embedded = sum(1 for r in runs if not r.get("data_root"))
+    roots = sorted({str(r["data_root"]) for r in runs if r.get("data_root")})
+    prints = sorted({str(r["data_fingerprint"]) for r in runs if r.get("data_fingerprint")})
+    return embedded, roots, prints
+
+
+# --- the page's section ---
+
+
+def _link(kind: str, key: str | None, text: str) -> str:
+    return f'<a href="#{kind}-{key}">{esc(text)}</a>' if key else ""
+
+
+def _json(value: Any) -> str:
+    return esc(json.dumps(value, sort_keys=True, default=str)) if value else ""
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _headline(run: dict[str, Any]) -> str:
+    status = str(run.get("status"))
+    badge = f'<span class="badge {"failed" if status == "failed" else ""}">{esc(status)}</span>'
+    what = " / ".join(str(x) for x in (run.get("task"), run.get("protocol")) if x)
+    parts = [f'<span class="mono">{esc(run["run_id"])}</span>', esc(what), esc(run["backbone"].get("name")),
+             esc(run.get("recipe_name")), f"seed {esc(run.get('seed'))}"]
+    if isinstance(run.get("wall_time_s"), int | float):
+        parts.append(f"{run['wall_time_s']:.1f} s")
+    line = badge + " · ".join(p for p in parts if p)
+    if run.get("error"):
+        line += f' <span class="error">{esc(str(run["error"]).splitlines()[0][:160])}</span>'
+    return line
+
+
+def _body(run: dict[str, Any], attempts: int) -> str:
+    bb, git, hw = run["backbone"], run.get("git") or {}, run.get("hardware") or {}
+    pretrain = bb.get("pretrain") or {}
+    data = esc(run["data_root"]) if run.get("data_root") else "embedded Fashion-MNIST set (no --data-root)"
+    commit = esc(git.get("commit")) + (" (with uncommitted changes)" if git.get("dirty") else "")
+    machine = ", ".join(f"{k} {v}" for k, v in hw.items() if k in ("cpu", "cpu_count", "gpu", "gpu_count") and v)
+    return fields([
+        ("status", esc(run.get("status")) + (f' <span class="error">{esc(run["error"])}</span>'
+                                               if run.get("error") else "")),
+        ("failure", _json(run.get("failure"))),
+        ("metrics", esc(", ".join(f"{k} {_number(v)}" for k, v in sorted((run.get("metrics") or {}).items())))),
+        ("backbone", esc(bb.get("name")) + " " + _link("spec", run.get("spec_key"), "spec")),
+        ("checkpoint", esc(bb.get("checkpoint"))),
+        ("checkpoint sha256", f'<span class="mono">{esc(bb.get("sha256"))}</span>' if bb.get("sha256") else ""),
+        ("encoder from", _link("run", pretrain.get("run_id"), str(pretrain.get("run_id")))
+         + (f" ({esc(pretrain.get('method'))})" if pretrain.get("method") else "")),
+        ("recipe", " ".join(x for x in (esc(run.get("recipe_name")), f"v{esc(run.get('recipe_version'))}"
+                                        if run.get("recipe_version") is not None else "",
+                                        _json(run.get("overrides")), _link("recipe", run.get("recipe_key"),
+                                                                           "resolved")) if x)),
+        ("seed", esc(run.get("seed"))),
+        ("data", data + (f' · fingerprint <span class="mono">{esc(run["data_fingerprint"])}</span>'
+                         if run.get("data_fingerprint") else "")),
+        ("git commit", f'<span class="mono">{commit}</span>' if git.get("commit") else ""),
+        ("versions", esc(", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))
+         + " " + _link("env", run.get("env_key"), "all")),
+        ("hardware", esc(machine) + esc(f" · {run.get('launcher')}, world size {run.get('world_size')}"
+                                        if run.get("launcher") else "")),
+        ("started", esc(run.get("started_at"))), ("finished", esc(run.get("finished_at"))),
+        ("wall time", f"{run['wall_time_s']:.1f} s" if isinstance(run.get("wall_time_s"), int | float) else ""),
+        ("log", f'<span class="mono">{esc(run.get("log"))}</span>' if run.get("log") else ""),
+        ("work dir", f'<span class="mono">{esc(run.get("work_dir"))}</span>' if run.get("work_dir") else ""),
+        ("attempts", f"{attempts} records of this run; the newest is shown" if attempts > 1 else ""),
+    ])
+
+
+def _order(run: dict[str, Any]) -> tuple[Any, ...]:
+    return (run.get("status") != "failed", str(run.get("protocol") or ""), str(run["backbone"].get("name")),
+            str(run.get("recipe_name") or ""), str(run.get("seed")), run["run_id"])
+
+
+def section(prov: Provenance, order: dict[str, int]) -> str:
+    """Every run, grouped by task (pretrainings first, then in `order`), failed ones first in each group; then the
+    distinct resolved recipes, backbone specs and environments the runs link to."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in prov.runs:
+        group = "pretraining" if run.get("kind") == "pretrain" else str(run.get("task"))
+        groups.setdefault(group, []).append(run)
+    parts = []
+    for group in sorted(groups, key=lambda g: (g != "pretraining", order.get(g, 10**6), g)):
+        runs = sorted(groups[group], key=_order)
+        failed = sum(1 for r in runs if r.get("status") == "failed")
+        parts.append(f"<h3>{esc(group)}: {len(runs)} runs" + (f", {failed} failed" if failed else "") + "</h3>")
+        parts += [details(_headline(r), _body(r, prov.attempts[r["run_id"]]), f"run-{r['run_id']}") for r in runs]
+    for kind, title in SHARED.items():
+        blocks = prov.shared.get(kind) or {}
+        if blocks:
+            parts.append(f"<h3>{esc(title)}</h3>")
+            parts += [details(_shared_name(kind, content, key) + _used_by(prov, kind, key),
+                              f"<pre>{esc(json.dumps(content, indent=1))}</pre>", f"{kind}-{key}")
+                      for key, content in blocks.items()]
+    return "".join(parts)
+
+
+def _shared_name(kind: str, content: dict[str, Any], key: str) -> str:
+    """What a shared block is called in its line: a recipe's name, a spec's backbone, an environment's commit."""
+    if kind == "recipe":
+        name = content.get("name")
+    elif kind == "spec":
+        name = content.get("name") or content.get("arch")
+    else:
+        commit = str((content.get("git") or {}).get("commit") or "")[:12]
+        name = ", ".join(x for x in (commit, str((content.get("hardware") or {}).get("host") or "")) if x)
+    return f'{esc(name or kind)} <span class="mono">{esc(key)}</span>'
+
+
+def _used_by(prov: Provenance, kind: str, key: str) -> str:
+    uses = sorted((task, n) for (k, c, task), n in prov.users.items() if (k, c) == (kind, key))
+    return esc(" · used by " + ", ".join(f"{task} ({n})" for task, n in uses)) if uses else ""
