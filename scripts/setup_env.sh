@@ -9,7 +9,7 @@
 #                       installed instead of mmcv-lite, its ops are then used instead of torchvision's
 #   PYTHON              the interpreter to build the venv with (3.11 or 3.12; default: python3.11, else python3)
 #
-# Steps: the Debian data set (as root), the venv, torch (requirements/torch.txt), the exact versions of
+# Steps: the Debian data set and chromium (as root), the venv, torch (requirements/torch.txt), the exact versions of
 # requirements/lock.txt (--no-deps, so nothing outside the lock sneaks in), this package in editable mode, and
 # mmcv_tvops.pth in site-packages so that `import mmcv._ext` works in every process of the venv. A stamp of the
 # inputs makes a second call return in about a second.
@@ -30,6 +30,18 @@ fashion_mnist() {
   else
     log "Fashion-MNIST is missing from $dir: run 'sudo apt-get install dataset-fashion-mnist'," \
       "or set HARNESS_FASHION_MNIST to a folder with the four IDX files"
+  fi
+}
+
+chromium_browser() {
+  # headless Chromium opens the HTML report in tests/test_html.py
+  command -v chromium >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing the Debian package chromium"
+    apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    log "chromium is missing (tests/test_html.py needs it): run 'sudo apt-get install chromium'"
   fi
 }
 
@@ -92,6 +104,7 @@ write_pth() {
 
 main() {
   fashion_mnist
+  chromium_browser
   local stamp
   stamp=$(stamp_of)
   if [ -f "$venv/.harness-stamp" ] && [ "$(cat "$venv/.harness-stamp")" = "$stamp" ]; then
