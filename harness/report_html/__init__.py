@@ -172,6 +172,6 @@ def _pretraining(pngs: dict[str, Path], prov: runs.Provenance) -> Section | None
     paths += [pngs.pop(s) for s in sorted(pngs) if s.startswith("reconstruction_")]
     pre = [r for r in prov.runs if r.get("kind") == "pretrain"]
     embedded, roots, _ = runs.data_origin(pre)
-    data = ", ".join(([f"Fashion-MNIST ({embedded} runs)"] if embedded else []) + roots)
-    note = f'<p class="note">{len(pre)} pretraining runs, on {esc(data)}.</p>' if pre else ""
+    data = ", ".join((["the embedded Fashion-MNIST"] if embedded else []) + roots)
+    note = f'<p class="note">{len(pre)} pretraining run(s), on {esc(data)}.</p>' if pre else ""
     return _figures("pretraining", "Pretraining", paths, note)

@@ -23,7 +23,6 @@ KEEP = ("run_id", "status", "kind", "task", "protocol", "recipe_name", "recipe_v
         "metrics", "error", "failure", "launcher", "world_size", "wall_time_s", "started_at", "finished_at", "log",
         "work_dir", "data_root", "data_fingerprint")
 SHARED = {"recipe": "Resolved recipes", "spec": "Backbone specs", "env": "Environments"}
-VERSIONS_SHOWN = ("torch", "timm", "mmdet", "mmseg")  # in the run's line; all of them one click further
 
 
 @dataclass
@@ -73,8 +72,7 @@ def read(records: list[dict[str, Any]]) -> Provenance:
                 out.shared.setdefault(kind, {}).setdefault(key, content)
                 out.users[kind, key, " / ".join(str(x) for x in (run["task"], run["protocol"]) if x)] += 1
                 run[f"{kind}_key"] = key
-        run["git"], run["hardware"] = env["git"], env["hardware"]
-        run["versions"] = {k: v for k, v in env["versions"].items() if k in VERSIONS_SHOWN}
+        run["git"] = env["git"]
         out.runs.append(run)
     return out
 
@@ -118,35 +116,27 @@ def _headline(run: dict[str, Any]) -> str:
 
 
 def _body(run: dict[str, Any], attempts: int) -> str:
-    bb, git, hw = run["backbone"], run.get("git") or {}, run.get("hardware") or {}
+    """The run's provenance; what its line shows already (status, task, seed, wall time) is not repeated, and what
+    many runs share (resolved recipe, backbone spec, environment) is a link."""
+    bb, git = run["backbone"], run.get("git") or {}
     pretrain = bb.get("pretrain") or {}
     data = esc(run["data_root"]) if run.get("data_root") else "embedded Fashion-MNIST set (no --data-root)"
-    commit = esc(git.get("commit")) + (" (with uncommitted changes)" if git.get("dirty") else "")
-    machine = ", ".join(f"{k} {v}" for k, v in hw.items() if k in ("cpu", "cpu_count", "gpu", "gpu_count") and v)
+    commit = str(git.get("commit") or "")[:12] + (" + uncommitted changes" if git.get("dirty") else "")
+    recipe = [esc(run.get("recipe_name")), f"v{esc(run.get('recipe_version'))}" if run.get("recipe_version") else "",
+              _json(run.get("overrides")), _link("recipe", run.get("recipe_key"), "resolved")]
     return fields([
-        ("status", esc(run.get("status")) + (f' <span class="error">{esc(run["error"])}</span>'
-                                               if run.get("error") else "")),
+        ("error", f'<span class="error">{esc(run.get("error"))}</span>' if run.get("error") else ""),
         ("failure", _json(run.get("failure"))),
         ("metrics", esc(", ".join(f"{k} {_number(v)}" for k, v in sorted((run.get("metrics") or {}).items())))),
         ("backbone", esc(bb.get("name")) + " " + _link("spec", run.get("spec_key"), "spec")),
         ("checkpoint", esc(bb.get("checkpoint"))),
-        ("checkpoint sha256", f'<span class="mono">{esc(bb.get("sha256"))}</span>' if bb.get("sha256") else ""),
-        ("encoder from", _link("run", pretrain.get("run_id"), str(pretrain.get("run_id")))
-         + (f" ({esc(pretrain.get('method'))})" if pretrain.get("method") else "")),
-        ("recipe", " ".join(x for x in (esc(run.get("recipe_name")), f"v{esc(run.get('recipe_version'))}"
-                                        if run.get("recipe_version") is not None else "",
-                                        _json(run.get("overrides")), _link("recipe", run.get("recipe_key"),
-                                                                           "resolved")) if x)),
-        ("seed", esc(run.get("seed"))),
+        ("sha256", f'<span class="mono">{esc(bb.get("sha256"))}</span>' if bb.get("sha256") else ""),
+        ("encoder from", _link("run", pretrain.get("run_id"), str(pretrain.get("run_id")))),
+        ("recipe", " ".join(x for x in recipe if x)),
         ("data", data + (f' · fingerprint <span class="mono">{esc(run["data_fingerprint"])}</span>'
                          if run.get("data_fingerprint") else "")),
-        ("git commit", f'<span class="mono">{commit}</span>' if git.get("commit") else ""),
-        ("versions", esc(", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()))
-         + " " + _link("env", run.get("env_key"), "all")),
-        ("hardware", esc(machine) + esc(f" · {run.get('launcher')}, world size {run.get('world_size')}"
-                                        if run.get("launcher") else "")),
-        ("started", esc(run.get("started_at"))), ("finished", esc(run.get("finished_at"))),
-        ("wall time", f"{run['wall_time_s']:.1f} s" if isinstance(run.get("wall_time_s"), int | float) else ""),
+        ("environment", _link("env", run.get("env_key"), f"git {commit}" if commit else "versions, hardware")),
+        ("time", esc(" → ".join(str(run[k]) for k in ("started_at", "finished_at") if run.get(k)))),
         ("log", f'<span class="mono">{esc(run.get("log"))}</span>' if run.get("log") else ""),
         ("work dir", f'<span class="mono">{esc(run.get("work_dir"))}</span>' if run.get("work_dir") else ""),
         ("attempts", f"{attempts} records of this run; the newest is shown" if attempts > 1 else ""),
