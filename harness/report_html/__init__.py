@@ -74,7 +74,7 @@ def _header(frame: pd.DataFrame, prov: runs.Provenance, notes: list[str], sectio
     hours = sum(r["wall_time_s"] for r in prov.runs if isinstance(r.get("wall_time_s"), int | float)) / 3600
     stats = [(int(status.get("finished", 0)), "finished"), (int(status.get("failed", 0)), "failed"),
              (sum(1 for r in prov.runs if r.get("kind") == "pretrain"), "pretrainings")]
-    strip = "".join(f'<span class="stat {k}"><b>{n}</b>{k}</span>' for n, k in stats)
+    strip = "".join(f'<span class="stat {k if n else ""}"><b>{n}</b>{k}</span>' for n, k in stats)
     strip += f'<span class="stat"><b>{hours:.2f}</b>hours of run time</span>'
     prose = [n.strip() for n in notes if n.strip() and not n.lstrip().startswith(("#", "|", "!"))]
     nav = "".join(f'<a href="#{esc(s.ident)}">{esc(s.title)}</a>' for s in sections)

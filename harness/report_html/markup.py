@@ -42,7 +42,7 @@ nav a { color: var(--accent); text-decoration: none; margin-right: 14px; white-s
                  padding: 5px 10px; border-radius: 0 4px 4px 0; }
 .pair { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 .pair > .tables { flex: 1 1 560px; min-width: 0; }
-.pair > figure { flex: 0 1 520px; }
+.pair > figure { flex: 0 1 460px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; margin: 2px 0 8px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 9px; text-align: left; vertical-align: top; }
