@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.results import recipe_label, split_overrides
+from harness.stats import BASELINE_FAMILY, INTERVAL_NOTE, fmt_cell, fmt_delta, row_order, summarize
 from tasks.spec import Column, TaskSpec, all_columns
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("md", "csv", "tex")
 TOP1 = ("last", "best")  # which epoch's IN1K top-1 a table shows: the last (default) or the best (MAE's logs)
-BASELINE_FAMILY = "supervised"
+__all__ = ["BASELINE_FAMILY", "fmt_cell", "fmt_delta", "flatten", "summarize", "tables", "write_report"]
 
 
 def _specs(specs: dict[str, TaskSpec] | None) -> dict[str, TaskSpec]:
@@ -165,55 +166,6 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
 # --- aggregating ---
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """mean, std (sample, n-1), n per (recipe, backbone, column), the difference to the supervised mean of the same
-    architecture and recipe, and the published value where the setting matches the paper's."""
-    import pandas as pd
-
-    from harness.reference import published
-
-    done = frame[frame["column"].notna() & frame["value"].notna()]
-    if done.empty:
-        return pd.DataFrame(columns=["recipe", "backbone", "family", "model", "size", "column", "mean", "std", "n",
-                                     "baseline", "delta", "published"])
-    # the same backbone name pretrained for different epochs (an epochs sweep) is a different encoder, not a seed
-    keys = ["recipe", "backbone", "pretrain_epochs", "family", "model", "size", "column"]
-    agg = (done.fillna({"recipe": "", "family": "", "model": ""}).groupby(keys, dropna=False)["value"]
-           .agg(mean="mean", std="std", n="count").reset_index())
-    agg["label"] = _row_labels(agg)
-    base = agg[agg["family"] == BASELINE_FAMILY].sort_values(["backbone", "pretrain_epochs"], na_position="first")
-    base = base.drop_duplicates(["recipe", "size", "column"])
-    base = base[["recipe", "size", "column", "label", "mean"]].rename(
-        columns={"label": "baseline", "mean": "baseline_mean"})
-    out = agg.merge(base, on=["recipe", "size", "column"], how="left")
-    out["delta"] = out["mean"] - out["baseline_mean"]
-    out.loc[out["baseline"] == out["label"], "delta"] = float("nan")  # the baseline row itself
-    out["published"] = [
-        published(f, m, c) if r == "paper" else None for r, f, m, c in
-        zip(out["recipe"], out["family"], out["model"], out["column"], strict=True)
-    ]
-    return out.drop(columns=["baseline_mean"]).sort_values(["recipe", "column", "label"]).reset_index(drop=True)
-
-
-def _row_labels(agg: pd.DataFrame) -> list[str]:
-    """A table row's name: the backbone, with its pretraining epochs where one setting holds several of them."""
-    epochs = agg.groupby(["recipe", "backbone"], dropna=False)["pretrain_epochs"].transform(
-        lambda e: e.nunique(dropna=False))
-    return [f"{b} ({int(e)} ep)" if n > 1 and e == e else b
-            for b, e, n in zip(agg["backbone"], agg["pretrain_epochs"], epochs, strict=True)]
-
-
-def fmt_cell(mean: float, std: float, n: int, digits: int = 1) -> str:
-    """'83.6 ± 0.2 (n=3)'; a single seed has no spread: '83.6 (n=1)'."""
-    if n > 1 and not math.isnan(std):
-        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} (n={n})"
-
-
-def fmt_delta(delta: float, digits: int = 1) -> str:
-    return "" if delta is None or math.isnan(delta) else f"{delta:+.{digits}f}"
-
-
 def table_title(table: str, recipe: str, top1: str = "last", specs: dict[str, TaskSpec] | None = None) -> str:
     spec = _specs(specs)[table]
     epoch = f", {top1} epoch" if spec.best_metrics else ""
@@ -244,7 +196,8 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
     out: dict[str, pd.DataFrame] = {}
     for stem, _, recipe, part, present in table_parts(summary, specs):
         rows = []
-        for backbone, group in part.groupby("label", sort=True):
+        for backbone in row_order(part):
+            group = part[part["label"] == backbone]
             row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
             for c in present:
                 hit = group[group["column"] == c]
@@ -254,7 +207,7 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
                 else:
                     h = hit.iloc[0]
                     row[label] = fmt_cell(h["mean"], h["std"], int(h["n"]))
-                    row[f"Δ {label}"] = fmt_delta(h["delta"])
+                    row[f"Δ {label}"] = fmt_delta(h["delta"], h["delta_lo"], h["delta_hi"], int(h["delta_n"]))
                     if recipe == "paper":
                         row[f"{label} (paper)"] = "" if h["published"] is None or pd.isna(h["published"]) \
                             else f"{h['published']:.1f}"
@@ -325,8 +278,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     index = ["# Results\n", f"{len(frame['run_id'].unique())} runs in {records_dir(records)}: "
              f"{(frame.drop_duplicates('run_id')['status'] == 'finished').sum()} finished, "
              f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
-             "Cells: mean ± sample std over seeds (n); Δ: difference of the means to the supervised backbone of the "
-             "same architecture and recipe.\n"]
+             INTERVAL_NOTE + "\n"]
     parts = table_parts(summary, specs)
     titles = {stem: table_title(table, recipe, top1, specs) for stem, table, recipe, _, _ in parts}
     for name, table in tables(summary, specs).items():
