@@ -5,11 +5,13 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
 
 * one table per task spec with columns (`tasks.spec`: `in1k`, `coco`, `ade20k`, and users' tasks whose spec file
   `harness run` saved in `RUNS/specs/`) per setting (the recipe and its `--set` overrides), as in He et al. 2021
-  (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
-  mean +- sample std over seeds with n, and the difference of the means to the supervised backbone of the same
-  architecture; for recipe `paper`, the published number beside a row of the same family and model size;
+  (Tables 3-5): the supervised baseline's row first, then one row per backbone (and pretraining length, where a
+  setting holds several), each cell the mean +- sample std over seeds with its 95% t-interval and n, and Δ to the
+  baseline of the same architecture, paired by seed (`harness.stats`); for recipe `paper`, the published number
+  beside a row of the same family and model size;
 * `reference`: the paper's numbers (`harness.reference`);
-* `summary.csv` (one row per recipe, backbone and column, full precision) and `runs.csv` (one row per run);
+* `summary.csv` (one row per recipe, backbone and column, full precision: `harness.stats.SUMMARY_COLUMNS`),
+  `runs.csv` (one row per run) and `results.json` (every run's identity and metrics, the cells and the tables);
 * plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
   pretraining setting, so that their cost follows the settings, not the number of runs).
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("md", "csv", "tex")
+RESULTS_JSON = "results.json"  # every run's identity and metrics, the cells and the tables (`results.write_json`)
 TOP1 = ("last", "best")  # which epoch's IN1K top-1 a table shows: the last (default) or the best (MAE's logs)
 __all__ = ["BASELINE_FAMILY", "fmt_cell", "fmt_delta", "flatten", "summarize", "tables", "write_report"]
 
@@ -281,10 +284,12 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
              INTERVAL_NOTE + "\n"]
     parts = table_parts(summary, specs)
     titles = {stem: table_title(table, recipe, top1, specs) for stem, table, recipe, _, _ in parts}
+    shown = []
     for name, table in tables(summary, specs).items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
         index.append(f"### {title}\n\n{to_markdown(table)}")
+        shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": to_markdown(table)})
     ref = reference_table(specs)
     from harness.reference import PAPER
 
@@ -303,6 +308,8 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     summary.to_csv(out / "summary.csv", index=False)
     frame.drop(columns=["size"]).to_csv(out / "runs.csv", index=False)
     written += [out / "summary.csv", out / "runs.csv"]
+    written.append(results.write_json(out / RESULTS_JSON, results.records_frame(recs, split_overrides(specs)), summary,
+                                      shown))
     if plots:
         pics = _plots(frame, summary, recs, out / "plots", specs)
         written += pics

@@ -165,3 +165,34 @@ def loss_curves(pretrains: list[dict[str, Any]], split: frozenset[str] | None = 
     if not parts:
         return pd.DataFrame(columns=["panel", "setting", "step", "mean", "std", "n"])
     return pd.concat(parts, ignore_index=True)
+
+
+# --- one results file ---
+
+IDENTITY = ("run_id", "kind", "task", "protocol", "seed", "status")
+
+
+def records_frame(records: list[dict[str, Any]], split: frozenset[str] | None = None) -> pd.DataFrame:
+    """One row per run (its newest record): its identity, backbone, setting (`recipe_label`) and every metric."""
+    import pandas as pd
+
+    rows = []
+    for rec in store.latest(records).values():
+        backbone = rec.get("backbone") or {}
+        rows.append({**{k: rec.get(k) for k in IDENTITY}, "backbone": backbone.get("name"),
+                     "family": (backbone.get("spec") or {}).get("family"), "recipe": recipe_label(rec, split),
+                     "error": rec.get("error"), "metrics": rec.get("metrics") or {}})
+    return pd.DataFrame(rows, columns=[*IDENTITY, "backbone", "family", "recipe", "error", "metrics"])
+
+
+def write_json(path: Path, runs: pd.DataFrame, summary: pd.DataFrame, tables: list[dict[str, Any]]) -> Path:
+    """`results.json`: `runs` (`records_frame`), `cells` (the summary: mean, std, n, interval, paired Δ per recipe,
+    backbone and column) and `tables` (name, title, rows as shown, Markdown); NaN is written as null. Written to a
+    temporary file and renamed, so that a reader never sees half of it."""
+    doc = {"runs": json.loads(runs.to_json(orient="records")),
+           "cells": json.loads(summary.drop(columns=["size"], errors="ignore").to_json(orient="records")),
+           "tables": tables}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False))
+    os.replace(tmp, path)
+    return path

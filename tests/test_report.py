@@ -233,3 +233,21 @@ def test_in1k_tables_show_the_last_epoch_unless_asked_for_the_best(tmp_path: Pat
     assert "79.0" not in md  # a run without a best epoch's top-1 shows none rather than its last
     with pytest.raises(ValueError, match="--in1k-top1"):
         write_report(folder, tmp_path / "bad", formats=["md"], plots=False, top1="max")
+
+
+def test_results_json(records: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    write_report(records, out, formats=["md"], plots=False)
+    doc = json.loads((out / "results.json").read_text())
+    runs = {r["run_id"]: r for r in doc["runs"]}
+    assert len(runs) == 15 and runs["scr-lp"]["metrics"] == {"top1": 10.0}  # the newest record of a run
+    failed = runs["scratch_t-coco-None-0-tiny"]
+    assert failed["status"] == "failed" and failed["recipe"] == "tiny" and failed["error"] == "boom"
+    cell = next(c for c in doc["cells"] if c["backbone"] == "mae_t" and c["column"] == "in1k_finetune")
+    assert cell["mean"] == pytest.approx(82.0) and cell["n"] == 3 and cell["ci_lo"] == pytest.approx(77.03, abs=0.01)
+    assert cell["delta"] == pytest.approx(1.0) and cell["delta_n"] == 2 and cell["delta_sig"] is True
+    base = next(c for c in doc["cells"] if c["backbone"] == "sup_t" and c["column"] == "in1k_finetune")
+    assert base["delta"] is None  # NaN is written as null
+    table = next(t for t in doc["tables"] if t["name"] == "in1k_tiny")
+    assert [r["backbone"] for r in table["rows"]] == ["sup_t", "mae_t", "scratch_t"]
+    assert table["markdown"] == (out / "in1k_tiny.md").read_text().split("\n\n", 1)[1]
