@@ -73,27 +73,49 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
 
 
 def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str, str], title: str) -> None:
-    """Grouped bars: x = backbones, one bar per column, error bars = std over seeds (none for n = 1); the values
-    are written on the bars while they are few enough to read."""
+    """Grouped bars: x = backbones in the report's order (the baseline first), one bar per column, error bars = the
+    95% interval of the mean (`ci_lo`, `ci_hi`; none for n = 1), the published value as a black marker where the
+    setting matches the paper's, and a control's mean (`control` rows: training from scratch) as a dashed line; the
+    values are written on the bars while they are few enough to read."""
     import numpy as np
 
-    backbones = sorted(part["label"].unique())  # backbone, with its pretraining epochs where those vary
+    backbones = list(dict.fromkeys(part["label"]))  # backbone, with its pretraining epochs where those vary
     width = 0.8 / len(columns)
     x = np.arange(len(backbones))
     for i, col in enumerate(columns):
-        hit = part[part["column"] == col].set_index("label").reindex(backbones)
-        err = hit["std"].fillna(0.0).to_numpy()  # one seed: no spread to show
-        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, hit["mean"].to_numpy(), width,
-                      yerr=err if err.any() else None, capsize=2, label=labels[col], color=f"C{i}")
+        hit = part[part["column"] == col].drop_duplicates("label").set_index("label").reindex(backbones)
+        mean = hit["mean"].to_numpy(dtype=float)
+        err = np.vstack([mean - hit["ci_lo"].to_numpy(dtype=float), hit["ci_hi"].to_numpy(dtype=float) - mean])
+        err = np.nan_to_num(err)  # one seed: no interval to show
+        at = x + (i - (len(columns) - 1) / 2) * width
+        bars = ax.bar(at, mean, width, yerr=err if err.any() else None, capsize=2, label=labels[col], color=f"C{i}")
         if len(backbones) * len(columns) <= BAR_VALUES_MAX:
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
+        paper = _floats(hit["published"]) if "published" in hit else np.full(len(backbones), np.nan)
+        if np.isfinite(paper).any():
+            ax.scatter(at, paper, marker="D", s=14, color="black", zorder=3,
+                       label="published" if not _has_label(ax, "published") else None)
+        controls = hit[hit["control"].fillna(False).astype(bool)] if "control" in hit else hit.iloc[:0]
+        for label, value in controls["mean"].items():
+            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1, label=f"floor ({label}), {labels[col]}")
     ax.margins(y=0.12)  # room for the value labels
     ax.set_xlim(-0.5, len(backbones) - 0.5)
     ax.set_xticks(x, backbones, rotation=TICK_ROTATION, ha="right", rotation_mode="anchor", fontsize=TICK_SIZE)
     ax.tick_params(axis="y", labelsize=7)
-    ax.set_ylabel("%", fontsize=8)
+    ax.set_ylabel("% (error bars: 95% t-interval)", fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _floats(values: Any) -> Any:
+    """Values with None for missing as a float array with NaN."""
+    import numpy as np
+
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def _has_label(ax: Any, label: str) -> bool:
+    return label in ax.get_legend_handles_labels()[1]
 
 
 def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[str, str], stem: Path) -> list[Path]:
@@ -102,7 +124,9 @@ def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[st
 
     widest = max(len(part["label"].unique()) * len(cols) for _, part, cols in panels)
     ticks = text_width([b for _, part, _ in panels for b in part["label"].unique()], TICK_SIZE)
-    legend = text_width([labels[c] for _, _, cols in panels for c in cols], 7) + 0.6
+    floors = [f"floor ({b}), {labels[c]}" for _, part, cols in panels if "control" in part
+              for b, c, k in zip(part["label"], part["column"], part["control"], strict=True) if k and c in cols]
+    legend = text_width([labels[c] for _, _, cols in panels for c in cols] + floors, 7) + 0.6
     angle = math.radians(TICK_ROTATION)
     fig, axes = _grid(len(panels), 1, (max(3.5, 0.2 * widest), 2.2),
                       (max(0.6, ticks * math.cos(angle) - 0.1), legend, ticks * math.sin(angle) + 0.25, 0.3),

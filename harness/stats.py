@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 BASELINE_FAMILY = "supervised"
+# Families whose runs are controls: a ViT trained from scratch is the floor a pretraining must clear. The charts draw
+# their means as lines; a fuller notion of controls (e.g. a random-feature linear probe) is left to the spec.
+CONTROL_FAMILIES = ("scratch", "random")
 LEVEL = 0.95
 INTERVAL_NOTE = ("Cells: mean ± sample std over seeds, [95% t-interval of the mean: mean ± t(0.975, n-1)·s/√n] "
                  "(n seeds); Δ: difference to the supervised backbone of the same architecture and recipe, paired by "
@@ -25,7 +28,7 @@ INTERVAL_NOTE = ("Cells: mean ± sample std over seeds, [95% t-interval of the m
                  "with fewer than two pairs, the difference of the means.")
 SUMMARY_COLUMNS = ["recipe", "backbone", "pretrain_epochs", "family", "model", "size", "column", "mean", "std", "n",
                    "ci_lo", "ci_hi", "label", "baseline", "delta", "delta_lo", "delta_hi", "delta_n", "delta_sig",
-                   "published"]
+                   "published", "control"]
 
 
 def t_interval(mean: float, std: float, n: int, level: float = LEVEL) -> tuple[float, float]:
@@ -69,6 +72,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         published(f, m, c) if r == "paper" else None for r, f, m, c in
         zip(out["recipe"], out["family"], out["model"], out["column"], strict=True)
     ]
+    out["control"] = out["family"].isin(CONTROL_FAMILIES)
     out["_first"] = out["family"] != BASELINE_FAMILY
     out = out.sort_values(["recipe", "column", "_first", "label"]).reset_index(drop=True)
     return out[SUMMARY_COLUMNS]

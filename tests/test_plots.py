@@ -100,3 +100,35 @@ def test_compact_reading_gives_the_same_rows(tmp_path: Path) -> None:
     assert len(compact) == len(whole) == 4
     assert all("history" not in (r.get("extra") or {}) and "finetune" not in r.get("recipe", {}) for r in compact)
     pd.testing.assert_frame_equal(flatten(compact), flatten(whole))
+
+
+def test_bar_panel_baseline_first_intervals_published_and_floor(tmp_path: Path) -> None:
+    """The bars follow the report's order (the baseline first), the error bars span the 95% interval, the paper's
+    number is a marker on its bar and the from-scratch control a dashed line."""
+    from matplotlib.figure import Figure
+
+    from harness.stats import summarize
+
+    folder = tmp_path / "records"
+    for name, family, values in (("mae_vit_base_patch16", "mae", [83.0, 84.0, 84.5]),
+                                 ("sup_b", "supervised", [81.0, 82.0]), ("scratch_b", "scratch", [70.0])):
+        spec = {"arch": "vit_base_patch16_224", "arch_kwargs": {}, "paper_name": "ViT-B"}
+        for seed, v in enumerate(values):
+            store.write_record(folder, rec(name, family, "in1k", "finetune", seed, {"top1": v}, recipe="paper",
+                                           spec=spec))
+    summary = summarize(flatten(store.read_records(folder)))
+    ax = Figure().add_subplot()
+    plots._bar_panel(ax, summary, ["in1k_finetune"], {"in1k_finetune": "IN1K fine-tune top-1"}, "t")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["sup_b", "mae_vit_base_patch16", "scratch_b"]
+    from matplotlib.collections import LineCollection, PathCollection
+
+    mae = summary.set_index("backbone").loc["mae_vit_base_patch16"]
+    (err,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    lo, hi = err.get_segments()[1][:, 1]  # the interval of the second bar
+    assert (lo, hi) == pytest.approx((mae["ci_lo"], mae["ci_hi"]))
+    assert err.get_segments()[2][0, 1] == err.get_segments()[2][1, 1] == pytest.approx(70.0)  # n = 1: no interval
+    (paper,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert paper.get_offsets()[1][1] == pytest.approx(83.6)  # MAE ViT-B fine-tuned, He et al. 2021
+    floor = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(floor) == 1 and floor[0].get_ydata()[0] == pytest.approx(70.0)
+    assert "floor (scratch_b), IN1K fine-tune top-1" in ax.get_legend_handles_labels()[1]
