@@ -2,7 +2,7 @@
 difference to the baseline (the supervised backbone of the same architecture and setting, as in He et al. 2021,
 Tables 3-5) compared seed by seed.
 
-Intervals are Student-t intervals, `mean ± t(0.975, n-1) · s / √n` (scipy's t quantile), not bootstrap ones: with the
+Intervals are Student-t intervals, `mean ± t(0.975, n-1) · s / √n`, not bootstrap ones: with the
 2-5 seeds a sweep affords, a bootstrap has too few distinct resamples to mean much. The Δ of a backbone pairs its runs
 with the baseline's of the same seed (only seeds both have) and takes the t-interval of the paired differences, which
 removes what a seed does to both (data order, the head's initialisation); it is marked `*` when that interval
@@ -12,6 +12,7 @@ excludes 0. With fewer than two pairs Δ is the plain difference of the means, w
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,13 +32,46 @@ SUMMARY_COLUMNS = ["recipe", "backbone", "pretrain_epochs", "family", "model", "
                    "published", "control"]
 
 
+def t_central(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with `df` (a whole number) degrees of freedom, in closed form (Abramowitz and
+    Stegun 26.7.3-4: a finite series in cos(θ), θ = atan(t / √df)); here rather than scipy.stats, whose import
+    alone costs more than the whole report's arithmetic."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, term = math.cos(theta) ** 2, 1.0
+    if df % 2 == 0:
+        total = 1.0
+        for k in range(2, df, 2):  # 1 + (1/2) c² + (1·3)/(2·4) c⁴ + ...
+            term *= c2 * (k - 1) / k
+            total += term
+        return math.sin(theta) * total
+    if df == 1:
+        return 2 * theta / math.pi
+    total = term = math.cos(theta)
+    for k in range(3, df - 1, 2):  # cos θ (1 + (2/3) c² + (2·4)/(3·5) c⁴ + ...)
+        term *= c2 * (k - 1) / k
+        total += term
+    return 2 / math.pi * (theta + math.sin(theta) * total)
+
+
+@lru_cache(maxsize=256)
+def t_quantile(level: float, df: int) -> float:
+    """The t with P(|T| <= t) = `level` (t(0.975, df) for level 0.95), by bisection on `t_central`."""
+    lo, hi = 0.0, 1.0
+    while t_central(hi, df) < level:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_central(mid, df) < level else (lo, mid)
+        if hi - lo < 1e-12 * hi:
+            break
+    return (lo + hi) / 2
+
+
 def t_interval(mean: float, std: float, n: int, level: float = LEVEL) -> tuple[float, float]:
     """The `level` t-interval of a mean of `n` values with sample std `std`; (nan, nan) for n < 2."""
     if n < 2 or not math.isfinite(std):
         return math.nan, math.nan
-    from scipy.stats import t
-
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    half = t_quantile(level, n - 1) * std / math.sqrt(n)
     return mean - half, mean + half
 
 

@@ -88,3 +88,11 @@ def test_t_interval_needs_two_values() -> None:
     assert all(math.isnan(x) for x in t_interval(80.0, float("nan"), 1))
     assert t_interval(10.0, 1.0, 4) == pytest.approx((10 - 3.182446 / 2, 10 + 3.182446 / 2))  # t(0.975, 3)
     assert fmt_delta(2.0, float("nan"), float("nan"), 1) == "+2.0"
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 8, 9, 29, 100])
+def test_t_quantile_matches_scipy(df: int) -> None:
+    from harness.stats import t_quantile
+
+    for level in (0.5, 0.9, 0.95, 0.99):
+        assert t_quantile(level, df) == pytest.approx(t.ppf(0.5 + level / 2, df), rel=1e-9)
