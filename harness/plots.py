@@ -1,8 +1,10 @@
-"""The report's figures with matplotlib (Agg), each saved as PNG and SVG, drawn from frames the report has ready.
+"""The report's figures with matplotlib (Agg), saved as PNG (and SVG on request), drawn from frames the report has
+ready.
 
 * `<table>` (`in1k`, `coco`, `ade20k`): a grouped bar chart per task, one panel per setting (recipe with its
   overrides), backbones on the x axis, one bar per column (fine-tune, linear, partial; APbox, APmask; mIoU) with the
-  std over seeds as error bars (cf. MAE Figure 9 / Tables 3-5);
+  95% interval of the mean as error bars, the baseline first, the published value as a marker and a from-scratch
+  control as a dashed floor line (cf. MAE Figure 9 / Tables 3-5);
 * `trend_vs_epochs`, `trend_vs_size`: accuracy against pretraining epochs or model size, one panel per column, one
   line per setting and family where that line has two or more values (MAE Figures 7 and 8); settings are never
   pooled;
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+FORMATS = ("png", "svg")
 # Model sizes in the order of the ViT family names, for a size axis without counting parameters.
 SIZE_ORDER = ("tiny", "small", "base", "large", "huge", "giant")
 PNG_DPI = 110
@@ -61,14 +64,19 @@ def _grid(n: int, per_row: int, panel: tuple[float, float], margins: tuple[float
     return fig, axes
 
 
-def _save(fig: Figure, stem: Path) -> list[Path]:
-    import matplotlib
-
+def _save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """The figure as `stem.png` and/or `stem.svg` (`FORMATS`)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(paths[0], dpi=PNG_DPI)
-        fig.savefig(paths[1])
+    paths = []
+    if "png" in formats:
+        paths.append(stem.with_suffix(".png"))
+        fig.savefig(paths[-1], dpi=PNG_DPI)
+    if "svg" in formats:
+        import matplotlib
+
+        paths.append(stem.with_suffix(".svg"))
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(paths[-1])
     return paths
 
 
@@ -118,7 +126,8 @@ def _has_label(ax: Any, label: str) -> bool:
     return label in ax.get_legend_handles_labels()[1]
 
 
-def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[str, str], stem: Path) -> list[Path]:
+def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[str, str], stem: Path,
+              formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """One figure per task, one panel per setting (title, its summary rows, its columns), stacked."""
     import math
 
@@ -133,7 +142,7 @@ def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[st
                       (0.0, ticks * math.sin(angle) + 0.55))
     for ax, (title, part, columns) in zip(axes, panels, strict=True):
         _bar_panel(ax, part, columns, labels, title)
-    return _save(fig, stem)
+    return _save(fig, stem, formats)
 
 
 def _size_rank(size_key: str) -> tuple[int, int]:
@@ -157,7 +166,8 @@ def trend_lines(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
     return stats[stats.groupby(keys)[axis].transform("nunique") >= 2]
 
 
-def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Path) -> list[Path]:
+def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Path,
+                formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Accuracy against `axis` (pretraining epochs or model size): one panel per column, one line per setting and
     family, with the same colour in every panel; nothing when no line has two values."""
     lines = trend_lines(frame, axis)
@@ -201,7 +211,7 @@ def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Pa
                 handles.append(h)
                 shown.append(n)
     fig.legend(handles, shown, loc="upper right", fontsize=7)
-    return _save(fig, stem)
+    return _save(fig, stem, formats)
 
 
 def loss_figure(curves: pd.DataFrame) -> Figure | None:
@@ -228,9 +238,9 @@ def loss_figure(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def loss_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
+def loss_curves(curves: pd.DataFrame, out: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     fig = loss_figure(curves)
-    return [] if fig is None else _save(fig, out / "pretrain_loss")
+    return [] if fig is None else _save(fig, out / "pretrain_loss", formats)
 
 
 def reconstructions(figures: dict[str, str], out: Path) -> list[Path]:
@@ -245,7 +255,7 @@ def reconstructions(figures: dict[str, str], out: Path) -> list[Path]:
     return written
 
 
-def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list[Path]:
+def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]], svg: bool = False) -> list[Path]:
     """Runs the figure `jobs` (function, arguments), on as many CPUs as there are (forked processes that have the
     libraries loaded already: a figure is drawn in Python, one CPU each), else one after the other."""
     import multiprocessing
@@ -258,8 +268,10 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list
     if workers < 2 or threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [p for fn, args in jobs for p in fn(*args)]
     import matplotlib.backends.backend_agg  # noqa: F401  loaded once, before the fork, rather than in every worker
-    import matplotlib.backends.backend_svg  # noqa: F401
     import matplotlib.figure  # noqa: F401
+
+    if svg:
+        import matplotlib.backends.backend_svg  # noqa: F401
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [pool.submit(fn, *args) for fn, args in jobs]
@@ -267,14 +279,15 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list
 
 
 def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
-                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path) -> list[Path]:
-    """Every figure: `bars` (task -> its panels: title, summary rows, columns), the trends in `frame` (the report's
-    rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`; returns the files
-    written."""
+                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path,
+                formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Every figure in `formats` (`FORMATS`): `bars` (task -> its panels: title, summary rows, columns), the trends in
+    `frame` (the report's rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`;
+    returns the files written."""
     trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
     jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
-        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}"))
+        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}", formats))
         for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
-    jobs += [(bar_chart, (panels, labels, out / task)) for task, panels in bars.items()]
-    jobs.append((loss_curves, (curves, out)))
-    return _draw(jobs) + reconstructions(figures, out)
+    jobs += [(bar_chart, (panels, labels, out / task, formats)) for task, panels in bars.items()]
+    jobs.append((loss_curves, (curves, out, formats)))
+    return _draw(jobs, "svg" in formats) + reconstructions(figures, out)

@@ -12,8 +12,8 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
 * `reference`: the paper's numbers (`harness.reference`);
 * `summary.csv` (one row per recipe, backbone and column, full precision: `harness.stats.SUMMARY_COLUMNS`),
   `runs.csv` (one row per run) and `results.json` (every run's identity and metrics, the cells and the tables);
-* plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
-  pretraining setting, so that their cost follows the settings, not the number of runs).
+* plots (`harness.plots`, PNG, SVG with `--plot-format`, drawn from the frames made here: one figure per task and per
+  trend, one loss line per pretraining setting, so that their cost follows the settings, not the number of runs).
 
 Each column reads the first of its spec's metric keys a record has, scaled as the spec says (mmdet's raw
 `coco/bbox_mAP` and `coco/segm_mAP` are fractions: x100), so that every cell is in percent.
@@ -83,6 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results", help="where to write (default: results/)")
     parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: md, csv, tex")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--plot-format", default="png", help="png, svg or png,svg (default png)")
     parser.add_argument("--in1k-top1", choices=TOP1, default="last",
                         help="IN1K tables show the last epoch's top-1 (default) or the best epoch's")
 
@@ -260,7 +261,7 @@ def _write(frame: pd.DataFrame, stem: Path, formats: list[str], title: str) -> l
 
 
 def write_report(records: str | Path, out: str | Path, formats: list[str] | tuple[str, ...] = FORMATS,
-                 plots: bool = True, top1: str = "last") -> list[Path]:
+                 plots: bool = True, top1: str = "last", plot_format: str | tuple[str, ...] = ("png",)) -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
     tables show the `top1` ('last' or 'best') epoch's top-1 and say which in their title."""
     from harness import results
@@ -268,6 +269,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
+    plot_format = _plot_formats(plot_format)
     if top1 not in TOP1:
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
@@ -311,16 +313,28 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     written.append(results.write_json(out / RESULTS_JSON, results.records_frame(recs, split_overrides(specs)), summary,
                                       shown))
     if plots:
-        pics = _plots(frame, summary, recs, out / "plots", specs)
+        pics = _plots(frame, summary, recs, out / "plots", specs, plot_format)
         written += pics
-        index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics if p.suffix == ".png"))
+        shown_as = ".png" if "png" in plot_format else ".svg"
+        index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics
+                                                  if p.suffix == shown_as or p.stem.startswith("reconstruction")))
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
     return written
 
 
+def _plot_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    from harness.plots import FORMATS as PLOT_FORMATS
+
+    formats = tuple(f.strip() for f in (value.split(",") if isinstance(value, str) else value) if f.strip())
+    bad = [f for f in formats if f not in PLOT_FORMATS]
+    if bad or not formats:
+        raise ValueError(f"--plot-format: unknown {', '.join(bad) or 'nothing'} (known: {', '.join(PLOT_FORMATS)})")
+    return formats
+
+
 def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path,
-           specs: dict[str, TaskSpec]) -> list[Path]:
+           specs: dict[str, TaskSpec], formats: tuple[str, ...]) -> list[Path]:
     """The figures, from the frames and the finished pretrainings' loss logs and reconstructions."""
     from harness import plots, results, store
 
@@ -334,7 +348,7 @@ def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, A
     figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
                for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
     return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains, split_overrides(specs)), figures,
-                             out)
+                             out, formats)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -345,7 +359,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     try:
-        written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1)
+        written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1,
+                               plot_format=args.plot_format)
     except (ValueError, OSError) as e:
         print(f"harness report: {e}", file=sys.stderr)
         return 2

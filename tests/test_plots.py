@@ -65,10 +65,10 @@ def test_trend_lines_never_pool_settings(tmp_path: Path, monkeypatch: pytest.Mon
     assert sorted(lines["mean"]) == [32.0, 35.0, 72.0, 75.0]
     drawn: list = []
     real_save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append(fig) or real_save(fig, stem))
+    monkeypatch.setattr(plots, "_save", lambda fig, stem, formats: drawn.append(fig) or real_save(fig, stem, formats))
     written = plots.trend_chart(frame, {"in1k_finetune": "IN1K fine-tune top-1"}, "pretrain_epochs",
                                 tmp_path / "trend_vs_epochs")
-    assert [p.name for p in written] == ["trend_vs_epochs.png", "trend_vs_epochs.svg"]
+    assert [p.name for p in written] == ["trend_vs_epochs.png"]  # SVG only on request
     (ax,) = drawn[0].axes
     means = sorted(list(c.lines[0].get_ydata()) for c in ax.containers)  # one errorbar per setting
     assert means == [[32.0, 35.0], [72.0, 75.0]]

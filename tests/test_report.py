@@ -117,7 +117,7 @@ def test_fmt_cell() -> None:
 
 def test_write_report_files(records: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    written = write_report(records, out)
+    written = write_report(records, out, plot_format="png,svg")
     names = {p.relative_to(out).as_posix() for p in written}
     for table in ("in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper", "reference"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.tex"} <= names
@@ -161,7 +161,8 @@ def test_trend_plots_loss_curves_and_reconstruction(tmp_path: Path) -> None:
     out = tmp_path / "results"
     write_report(folder, out, formats=["csv"])
     plots = {p.name for p in (out / "plots").iterdir()}
-    assert {"trend_vs_epochs.png", "trend_vs_epochs.svg", "pretrain_loss.png", "reconstruction_mae_t.png"} <= plots
+    assert {"trend_vs_epochs.png", "pretrain_loss.png", "reconstruction_mae_t.png"} <= plots
+    assert not any(p.endswith(".svg") for p in plots)  # SVG only on request
     assert "trend_vs_size.png" not in plots  # one size only: no size plot
     assert not list(out.glob("*.md")) or (out / "README.md").exists()
     assert (out / "plots" / "reconstruction_mae_t.png").read_bytes() == (log.parent / "reconstruction.png").read_bytes()
@@ -176,6 +177,8 @@ def test_report_command(records: Path, tmp_path: Path, monkeypatch, capsys) -> N
     assert (out / "in1k_tiny.md").is_file() and not (out / "plots").exists()
     assert "82.0 ± 2.0 [77.0, 87.0] (n=3)" in capsys.readouterr().out
     assert main(["report", "--runs", str(records.parent), "--out", str(out), "--format", "html"]) == 2
+    assert main(["report", "--runs", str(records.parent), "--out", str(out), "--plot-format", "pdf"]) == 2
+    assert "--plot-format: unknown pdf" in capsys.readouterr().err
     assert main(["report", "--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1
 
 
