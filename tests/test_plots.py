@@ -132,3 +132,28 @@ def test_bar_panel_baseline_first_intervals_published_and_floor(tmp_path: Path) 
     floor = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(floor) == 1 and floor[0].get_ydata()[0] == pytest.approx(70.0)
     assert "floor (scratch_b), IN1K fine-tune top-1" in ax.get_legend_handles_labels()[1]
+
+
+def test_the_records_cache_is_used_kept_current_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "records"
+    for seed, v in enumerate((80.0, 82.0)):
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", seed, {"top1": v}))
+    first = results.read_compact(folder)
+    assert (folder / results.CACHE).is_file() and len(store.read_records(folder)) == 2  # not read as a record
+    parsed: list[str] = []
+    real = results._read_pruned
+    monkeypatch.setattr(results, "_read_pruned", lambda path, fields: parsed.append(path) or real(path, fields))
+    assert results.read_compact(folder) == first and parsed == []  # nothing parsed again
+    new = store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 79.0}))
+    again = results.read_compact(folder)
+    assert parsed == [str(new)] and len(again) == 3
+    gone = Path(first[0]["_path"])
+    gone.unlink()
+    assert len(results.read_compact(folder)) == 2 and gone.name not in (folder / results.CACHE).read_text()
+    (folder / results.CACHE).write_text("{not json")  # corrupt: rebuilt without a word
+    parsed.clear()
+    left = [r["run_id"] for r in again if r["_path"] != str(gone)]
+    assert [r["run_id"] for r in results.read_compact(folder)] == left
+    assert len(parsed) == 2 and json.loads((folder / results.CACHE).read_text())["version"] == 1
+    fewer = results.read_compact(folder, {"run_id": True, "status": True})  # other fields: not the cached records
+    assert all(set(r) == {"run_id", "status", "_path"} for r in fewer)
