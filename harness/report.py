@@ -199,22 +199,24 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
 
     out: dict[str, pd.DataFrame] = {}
     for stem, _, recipe, part, present in table_parts(summary, specs):
+        cells: dict[tuple[str, str], Any] = {}
+        for h in part.itertuples(index=False):
+            cells.setdefault((h.label, h.column), h)
         rows = []
         for backbone in row_order(part):
-            group = part[part["label"] == backbone]
-            row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
+            family = next(h.family for (b, _), h in cells.items() if b == backbone)
+            row: dict[str, Any] = {"backbone": backbone, "family": family}
             for c in present:
-                hit = group[group["column"] == c]
+                h = cells.get((backbone, c))
                 label = column_label(c, specs)
-                if hit.empty:
+                if h is None:
                     row[label], row[f"Δ {label}"] = "", ""
-                else:
-                    h = hit.iloc[0]
-                    row[label] = fmt_cell(h["mean"], h["std"], int(h["n"]))
-                    row[f"Δ {label}"] = fmt_delta(h["delta"], h["delta_lo"], h["delta_hi"], int(h["delta_n"]))
-                    if recipe == "paper":
-                        row[f"{label} (paper)"] = "" if h["published"] is None or pd.isna(h["published"]) \
-                            else f"{h['published']:.1f}"
+                    continue
+                row[label] = fmt_cell(h.mean, h.std, int(h.n))
+                row[f"Δ {label}"] = fmt_delta(h.delta, h.delta_lo, h.delta_hi, int(h.delta_n))
+                if recipe == "paper":
+                    row[f"{label} (paper)"] = "" if h.published is None or pd.isna(h.published) \
+                        else f"{h.published:.1f}"
             rows.append(row)
         out[stem] = pd.DataFrame(rows)
     return out

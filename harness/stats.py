@@ -93,7 +93,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     agg = done.assign(gid=group).groupby("gid").agg(
         **{k: (k, "first") for k in keys}, mean=("value", "mean"), std=("value", "std"), n=("value", "count"))
     agg = agg.reset_index()
-    seeds = {g: part.groupby("seed")["value"].mean().to_dict() for g, part in done.assign(gid=group).groupby("gid")}
+    seeds: dict[int, dict] = {}
+    for (g, seed), value in done.assign(gid=group).groupby(["gid", "seed"])["value"].mean().items():
+        seeds.setdefault(g, {})[seed] = value
     ci = [t_interval(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"], strict=True)]
     agg["ci_lo"], agg["ci_hi"] = [c[0] for c in ci], [c[1] for c in ci]
     agg["label"] = _row_labels(agg)
@@ -121,7 +123,7 @@ def _delta(row: tuple, base: pd.DataFrame, seeds: dict[int, dict]) -> tuple:
     b = base.loc[key]
     if b["label"] == row.label:  # the baseline row itself
         return b["label"], nan, nan, nan, 0, False
-    mine, theirs = seeds[row.gid], seeds[int(b["gid"])]
+    mine, theirs = seeds.get(row.gid, {}), seeds.get(int(b["gid"]), {})
     pairs = [mine[s] - theirs[s] for s in mine if s in theirs]
     if len(pairs) < 2:
         return b["label"], row.mean - b["mean"], nan, nan, len(pairs), False
