@@ -31,10 +31,18 @@ def version() -> str:
                                        else "")
 
 
+class _Version(argparse.Action):
+    """`--version`, worked out only when asked for: it runs git, which every other command can do without."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version())
+        parser.exit()
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with the options of the command named in `argv` (default: the command line's) only."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and git commit) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     wanted = next((a for a in argv if not a.startswith("-")), None)
