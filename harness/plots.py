@@ -1,8 +1,10 @@
-"""The report's figures with matplotlib (Agg), each saved as PNG and SVG, drawn from frames the report has ready.
+"""The report's figures with matplotlib (Agg), saved as PNG (and SVG on request), drawn from frames the report has
+ready.
 
 * `<table>` (`in1k`, `coco`, `ade20k`): a grouped bar chart per task, one panel per setting (recipe with its
   overrides), backbones on the x axis, one bar per column (fine-tune, linear, partial; APbox, APmask; mIoU) with the
-  std over seeds as error bars (cf. MAE Figure 9 / Tables 3-5);
+  95% interval of the mean as error bars, the baseline first, the published value as a marker and a from-scratch
+  control as a dashed floor line (cf. MAE Figure 9 / Tables 3-5);
 * `trend_vs_epochs`, `trend_vs_size`: accuracy against pretraining epochs or model size, one panel per column, one
   line per setting and family where that line has two or more values (MAE Figures 7 and 8); settings are never
   pooled;
@@ -27,9 +29,11 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+FORMATS = ("png", "svg")
 # Model sizes in the order of the ViT family names, for a size axis without counting parameters.
 SIZE_ORDER = ("tiny", "small", "base", "large", "huge", "giant")
 PNG_DPI = 110
+PNG_COMPRESSION = 1  # zlib level: files a few % larger than at PIL's default 6, written about 12% faster
 TICK_SIZE, TICK_ROTATION = 7, 30
 LOSS_PANELS_PER_ROW = 3
 TREND_PANELS_PER_ROW = 3
@@ -61,55 +65,85 @@ def _grid(n: int, per_row: int, panel: tuple[float, float], margins: tuple[float
     return fig, axes
 
 
-def _save(fig: Figure, stem: Path) -> list[Path]:
-    import matplotlib
-
+def _save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """The figure as `stem.png` and/or `stem.svg` (`FORMATS`)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(paths[0], dpi=PNG_DPI)
-        fig.savefig(paths[1])
+    paths = []
+    if "png" in formats:
+        paths.append(stem.with_suffix(".png"))
+        fig.savefig(paths[-1], dpi=PNG_DPI, pil_kwargs={"compress_level": PNG_COMPRESSION})
+    if "svg" in formats:
+        import matplotlib
+
+        paths.append(stem.with_suffix(".svg"))
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(paths[-1])
     return paths
 
 
 def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str, str], title: str) -> None:
-    """Grouped bars: x = backbones, one bar per column, error bars = std over seeds (none for n = 1); the values
-    are written on the bars while they are few enough to read."""
+    """Grouped bars: x = backbones in the report's order (the baseline first), one bar per column, error bars = the
+    95% interval of the mean (`ci_lo`, `ci_hi`; none for n = 1), the published value as a black marker where the
+    setting matches the paper's, and a control's mean (`control` rows: training from scratch) as a dashed line; the
+    values are written on the bars while they are few enough to read."""
     import numpy as np
 
-    backbones = sorted(part["label"].unique())  # backbone, with its pretraining epochs where those vary
+    backbones = list(dict.fromkeys(part["label"]))  # backbone, with its pretraining epochs where those vary
     width = 0.8 / len(columns)
     x = np.arange(len(backbones))
     for i, col in enumerate(columns):
-        hit = part[part["column"] == col].set_index("label").reindex(backbones)
-        err = hit["std"].fillna(0.0).to_numpy()  # one seed: no spread to show
-        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, hit["mean"].to_numpy(), width,
-                      yerr=err if err.any() else None, capsize=2, label=labels[col], color=f"C{i}")
+        hit = part[part["column"] == col].drop_duplicates("label").set_index("label").reindex(backbones)
+        mean = hit["mean"].to_numpy(dtype=float)
+        err = np.vstack([mean - hit["ci_lo"].to_numpy(dtype=float), hit["ci_hi"].to_numpy(dtype=float) - mean])
+        err = np.nan_to_num(err)  # one seed: no interval to show
+        at = x + (i - (len(columns) - 1) / 2) * width
+        bars = ax.bar(at, mean, width, yerr=err if err.any() else None, capsize=2, label=labels[col], color=f"C{i}")
         if len(backbones) * len(columns) <= BAR_VALUES_MAX:
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
+        paper = _floats(hit["published"]) if "published" in hit else np.full(len(backbones), np.nan)
+        if np.isfinite(paper).any():
+            ax.scatter(at, paper, marker="D", s=14, color="black", zorder=3,
+                       label="published" if not _has_label(ax, "published") else None)
+        controls = hit[hit["control"].fillna(False).astype(bool)] if "control" in hit else hit.iloc[:0]
+        for label, value in controls["mean"].items():
+            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1, label=f"floor ({label}), {labels[col]}")
     ax.margins(y=0.12)  # room for the value labels
     ax.set_xlim(-0.5, len(backbones) - 0.5)
     ax.set_xticks(x, backbones, rotation=TICK_ROTATION, ha="right", rotation_mode="anchor", fontsize=TICK_SIZE)
     ax.tick_params(axis="y", labelsize=7)
-    ax.set_ylabel("%", fontsize=8)
+    ax.set_ylabel("% (error bars: 95% t-interval)", fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[str, str], stem: Path) -> list[Path]:
+def _floats(values: Any) -> Any:
+    """Values with None for missing as a float array with NaN."""
+    import numpy as np
+
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def _has_label(ax: Any, label: str) -> bool:
+    return label in ax.get_legend_handles_labels()[1]
+
+
+def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[str, str], stem: Path,
+              formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """One figure per task, one panel per setting (title, its summary rows, its columns), stacked."""
     import math
 
     widest = max(len(part["label"].unique()) * len(cols) for _, part, cols in panels)
     ticks = text_width([b for _, part, _ in panels for b in part["label"].unique()], TICK_SIZE)
-    legend = text_width([labels[c] for _, _, cols in panels for c in cols], 7) + 0.6
+    floors = [f"floor ({b}), {labels[c]}" for _, part, cols in panels if "control" in part
+              for b, c, k in zip(part["label"], part["column"], part["control"], strict=True) if k and c in cols]
+    legend = text_width([labels[c] for _, _, cols in panels for c in cols] + floors, 7) + 0.6
     angle = math.radians(TICK_ROTATION)
     fig, axes = _grid(len(panels), 1, (max(3.5, 0.2 * widest), 2.2),
                       (max(0.6, ticks * math.cos(angle) - 0.1), legend, ticks * math.sin(angle) + 0.25, 0.3),
                       (0.0, ticks * math.sin(angle) + 0.55))
     for ax, (title, part, columns) in zip(axes, panels, strict=True):
         _bar_panel(ax, part, columns, labels, title)
-    return _save(fig, stem)
+    return _save(fig, stem, formats)
 
 
 def _size_rank(size_key: str) -> tuple[int, int]:
@@ -133,7 +167,8 @@ def trend_lines(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
     return stats[stats.groupby(keys)[axis].transform("nunique") >= 2]
 
 
-def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Path) -> list[Path]:
+def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Path,
+                formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Accuracy against `axis` (pretraining epochs or model size): one panel per column, one line per setting and
     family, with the same colour in every panel; nothing when no line has two values."""
     lines = trend_lines(frame, axis)
@@ -177,7 +212,7 @@ def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Pa
                 handles.append(h)
                 shown.append(n)
     fig.legend(handles, shown, loc="upper right", fontsize=7)
-    return _save(fig, stem)
+    return _save(fig, stem, formats)
 
 
 def loss_figure(curves: pd.DataFrame) -> Figure | None:
@@ -204,9 +239,9 @@ def loss_figure(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def loss_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
+def loss_curves(curves: pd.DataFrame, out: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     fig = loss_figure(curves)
-    return [] if fig is None else _save(fig, out / "pretrain_loss")
+    return [] if fig is None else _save(fig, out / "pretrain_loss", formats)
 
 
 def reconstructions(figures: dict[str, str], out: Path) -> list[Path]:
@@ -221,7 +256,7 @@ def reconstructions(figures: dict[str, str], out: Path) -> list[Path]:
     return written
 
 
-def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list[Path]:
+def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]], svg: bool = False) -> list[Path]:
     """Runs the figure `jobs` (function, arguments), on as many CPUs as there are (forked processes that have the
     libraries loaded already: a figure is drawn in Python, one CPU each), else one after the other."""
     import multiprocessing
@@ -234,8 +269,10 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list
     if workers < 2 or threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [p for fn, args in jobs for p in fn(*args)]
     import matplotlib.backends.backend_agg  # noqa: F401  loaded once, before the fork, rather than in every worker
-    import matplotlib.backends.backend_svg  # noqa: F401
     import matplotlib.figure  # noqa: F401
+
+    if svg:
+        import matplotlib.backends.backend_svg  # noqa: F401
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [pool.submit(fn, *args) for fn, args in jobs]
@@ -243,14 +280,15 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]) -> list
 
 
 def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
-                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path) -> list[Path]:
-    """Every figure: `bars` (task -> its panels: title, summary rows, columns), the trends in `frame` (the report's
-    rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`; returns the files
-    written."""
+                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path,
+                formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Every figure in `formats` (`FORMATS`): `bars` (task -> its panels: title, summary rows, columns), the trends in
+    `frame` (the report's rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`;
+    returns the files written."""
     trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
     jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
-        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}"))
+        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}", formats))
         for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
-    jobs += [(bar_chart, (panels, labels, out / task)) for task, panels in bars.items()]
-    jobs.append((loss_curves, (curves, out)))
-    return _draw(jobs) + reconstructions(figures, out)
+    jobs += [(bar_chart, (panels, labels, out / task, formats)) for task, panels in bars.items()]
+    jobs.append((loss_curves, (curves, out, formats)))
+    return _draw(jobs, "svg" in formats) + reconstructions(figures, out)

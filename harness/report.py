@@ -5,13 +5,15 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
 
 * one table per task spec with columns (`tasks.spec`: `in1k`, `coco`, `ade20k`, and users' tasks whose spec file
   `harness run` saved in `RUNS/specs/`) per setting (the recipe and its `--set` overrides), as in He et al. 2021
-  (Tables 3-5): one row per backbone (and pretraining length, where a setting holds several), each cell the
-  mean +- sample std over seeds with n, and the difference of the means to the supervised backbone of the same
-  architecture; for recipe `paper`, the published number beside a row of the same family and model size;
+  (Tables 3-5): the supervised baseline's row first, then one row per backbone (and pretraining length, where a
+  setting holds several), each cell the mean +- sample std over seeds with its 95% t-interval and n, and Δ to the
+  baseline of the same architecture, paired by seed (`harness.stats`); for recipe `paper`, the published number
+  beside a row of the same family and model size;
 * `reference`: the paper's numbers (`harness.reference`);
-* `summary.csv` (one row per recipe, backbone and column, full precision) and `runs.csv` (one row per run);
-* plots (`harness.plots`, drawn from the frames made here: one figure per task and per trend, one loss line per
-  pretraining setting, so that their cost follows the settings, not the number of runs).
+* `summary.csv` (one row per recipe, backbone and column, full precision: `harness.stats.SUMMARY_COLUMNS`),
+  `runs.csv` (one row per run) and `results.json` (every run's identity and metrics, the cells and the tables);
+* plots (`harness.plots`, PNG, SVG with `--plot-format`, drawn from the frames made here: one figure per task and per
+  trend, one loss line per pretraining setting, so that their cost follows the settings, not the number of runs).
 
 Each column reads the first of its spec's metric keys a record has, scaled as the spec says (mmdet's raw
 `coco/bbox_mAP` and `coco/segm_mAP` are fractions: x100), so that every cell is in percent.
@@ -29,14 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from harness import report_html
 from harness.results import recipe_label, split_overrides
+from harness.stats import BASELINE_FAMILY, INTERVAL_NOTE, fmt_cell, fmt_delta, row_order, summarize
 from tasks.spec import Column, TaskSpec, all_columns
 
 if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("md", "csv", "tex")
+RESULTS_JSON = "results.json"  # every run's identity and metrics, the cells and the tables (`results.write_json`)
 TOP1 = ("last", "best")  # which epoch's IN1K top-1 a table shows: the last (default) or the best (MAE's logs)
-BASELINE_FAMILY = "supervised"
+__all__ = ["BASELINE_FAMILY", "fmt_cell", "fmt_delta", "flatten", "summarize", "tables", "write_report"]
 
 
 def _specs(specs: dict[str, TaskSpec] | None) -> dict[str, TaskSpec]:
@@ -80,6 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results", help="where to write (default: results/)")
     parser.add_argument("--format", default=",".join(FORMATS), help="comma-separated: md, csv, tex")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--plot-format", default="png", help="png, svg or png,svg (default png)")
     parser.add_argument("--in1k-top1", choices=TOP1, default="last",
                         help="IN1K tables show the last epoch's top-1 (default) or the best epoch's")
 
@@ -166,55 +171,6 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
 # --- aggregating ---
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """mean, std (sample, n-1), n per (recipe, backbone, column), the difference to the supervised mean of the same
-    architecture and recipe, and the published value where the setting matches the paper's."""
-    import pandas as pd
-
-    from harness.reference import published
-
-    done = frame[frame["column"].notna() & frame["value"].notna()]
-    if done.empty:
-        return pd.DataFrame(columns=["recipe", "backbone", "family", "model", "size", "column", "mean", "std", "n",
-                                     "baseline", "delta", "published"])
-    # the same backbone name pretrained for different epochs (an epochs sweep) is a different encoder, not a seed
-    keys = ["recipe", "backbone", "pretrain_epochs", "family", "model", "size", "column"]
-    agg = (done.fillna({"recipe": "", "family": "", "model": ""}).groupby(keys, dropna=False)["value"]
-           .agg(mean="mean", std="std", n="count").reset_index())
-    agg["label"] = _row_labels(agg)
-    base = agg[agg["family"] == BASELINE_FAMILY].sort_values(["backbone", "pretrain_epochs"], na_position="first")
-    base = base.drop_duplicates(["recipe", "size", "column"])
-    base = base[["recipe", "size", "column", "label", "mean"]].rename(
-        columns={"label": "baseline", "mean": "baseline_mean"})
-    out = agg.merge(base, on=["recipe", "size", "column"], how="left")
-    out["delta"] = out["mean"] - out["baseline_mean"]
-    out.loc[out["baseline"] == out["label"], "delta"] = float("nan")  # the baseline row itself
-    out["published"] = [
-        published(f, m, c) if r == "paper" else None for r, f, m, c in
-        zip(out["recipe"], out["family"], out["model"], out["column"], strict=True)
-    ]
-    return out.drop(columns=["baseline_mean"]).sort_values(["recipe", "column", "label"]).reset_index(drop=True)
-
-
-def _row_labels(agg: pd.DataFrame) -> list[str]:
-    """A table row's name: the backbone, with its pretraining epochs where one setting holds several of them."""
-    epochs = agg.groupby(["recipe", "backbone"], dropna=False)["pretrain_epochs"].transform(
-        lambda e: e.nunique(dropna=False))
-    return [f"{b} ({int(e)} ep)" if n > 1 and e == e else b
-            for b, e, n in zip(agg["backbone"], agg["pretrain_epochs"], epochs, strict=True)]
-
-
-def fmt_cell(mean: float, std: float, n: int, digits: int = 1) -> str:
-    """'83.6 ± 0.2 (n=3)'; a single seed has no spread: '83.6 (n=1)'."""
-    if n > 1 and not math.isnan(std):
-        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} (n={n})"
-
-
-def fmt_delta(delta: float, digits: int = 1) -> str:
-    return "" if delta is None or math.isnan(delta) else f"{delta:+.{digits}f}"
-
-
 def table_title(table: str, recipe: str, top1: str = "last", specs: dict[str, TaskSpec] | None = None) -> str:
     spec = _specs(specs)[table]
     epoch = f", {top1} epoch" if spec.best_metrics else ""
@@ -244,21 +200,24 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
 
     out: dict[str, pd.DataFrame] = {}
     for stem, _, recipe, part, present in table_parts(summary, specs):
+        cells: dict[tuple[str, str], Any] = {}
+        for h in part.itertuples(index=False):
+            cells.setdefault((h.label, h.column), h)
         rows = []
-        for backbone, group in part.groupby("label", sort=True):
-            row: dict[str, Any] = {"backbone": backbone, "family": group["family"].iloc[0]}
+        for backbone in row_order(part):
+            family = next(h.family for (b, _), h in cells.items() if b == backbone)
+            row: dict[str, Any] = {"backbone": backbone, "family": family}
             for c in present:
-                hit = group[group["column"] == c]
+                h = cells.get((backbone, c))
                 label = column_label(c, specs)
-                if hit.empty:
+                if h is None:
                     row[label], row[f"Δ {label}"] = "", ""
-                else:
-                    h = hit.iloc[0]
-                    row[label] = fmt_cell(h["mean"], h["std"], int(h["n"]))
-                    row[f"Δ {label}"] = fmt_delta(h["delta"])
-                    if recipe == "paper":
-                        row[f"{label} (paper)"] = "" if h["published"] is None or pd.isna(h["published"]) \
-                            else f"{h['published']:.1f}"
+                    continue
+                row[label] = fmt_cell(h.mean, h.std, int(h.n))
+                row[f"Δ {label}"] = fmt_delta(h.delta, h.delta_lo, h.delta_hi, int(h.delta_n))
+                if recipe == "paper":
+                    row[f"{label} (paper)"] = "" if h.published is None or pd.isna(h.published) \
+                        else f"{h.published:.1f}"
             rows.append(row)
         out[stem] = pd.DataFrame(rows)
     return out
@@ -305,7 +264,7 @@ def _write(frame: pd.DataFrame, stem: Path, formats: list[str], title: str) -> l
 
 
 def write_report(records: str | Path, out: str | Path, formats: list[str] | tuple[str, ...] = FORMATS,
-                 plots: bool = True, top1: str = "last") -> list[Path]:
+                 plots: bool = True, top1: str = "last", plot_format: str | tuple[str, ...] = ("png",)) -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
     tables show the `top1` ('last' or 'best') epoch's top-1 and say which in their title."""
     from harness import results
@@ -313,6 +272,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
+    plot_format = _plot_formats(plot_format)
     if top1 not in TOP1:
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
@@ -326,14 +286,15 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     index = ["# Results\n", f"{len(frame['run_id'].unique())} runs in {records_dir(records)}: "
              f"{(frame.drop_duplicates('run_id')['status'] == 'finished').sum()} finished, "
              f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
-             "Cells: mean ± sample std over seeds (n); Δ: difference of the means to the supervised backbone of the "
-             "same architecture and recipe.\n"]
+             INTERVAL_NOTE + "\n"]
     parts = table_parts(summary, specs)
     titles = {stem: table_title(table, recipe, top1, specs) for stem, table, recipe, _, _ in parts}
+    shown = []
     for name, table in tables(summary, specs).items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
         index.append(f"### {title}\n\n{to_markdown(table)}")
+        shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": to_markdown(table)})
     ref = reference_table(specs)
     from harness.reference import PAPER
 
@@ -352,10 +313,14 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     summary.to_csv(out / "summary.csv", index=False)
     frame.drop(columns=["size"]).to_csv(out / "runs.csv", index=False)
     written += [out / "summary.csv", out / "runs.csv"]
+    written.append(results.write_json(out / RESULTS_JSON, results.records_frame(recs, split_overrides(specs)), summary,
+                                      shown))
     if plots:
-        pics = _plots(frame, summary, recs, out / "plots", specs)
+        pics = _plots(frame, summary, recs, out / "plots", specs, plot_format)
         written += pics
-        index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics if p.suffix == ".png"))
+        shown_as = ".png" if "png" in plot_format else ".svg"
+        index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics
+                                                  if p.suffix == shown_as or p.stem.startswith("reconstruction")))
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
     written += report_html.write_page(out, frame=frame, tables=tables(summary, specs), parts=parts, titles=titles,
@@ -363,8 +328,18 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     return written
 
 
+def _plot_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    from harness.plots import FORMATS as PLOT_FORMATS
+
+    formats = tuple(f.strip() for f in (value.split(",") if isinstance(value, str) else value) if f.strip())
+    bad = [f for f in formats if f not in PLOT_FORMATS]
+    if bad or not formats:
+        raise ValueError(f"--plot-format: unknown {', '.join(bad) or 'nothing'} (known: {', '.join(PLOT_FORMATS)})")
+    return formats
+
+
 def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path,
-           specs: dict[str, TaskSpec]) -> list[Path]:
+           specs: dict[str, TaskSpec], formats: tuple[str, ...]) -> list[Path]:
     """The figures, from the frames and the finished pretrainings' loss logs and reconstructions."""
     from harness import plots, results, store
 
@@ -378,7 +353,7 @@ def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, A
     figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
                for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
     return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains, split_overrides(specs)), figures,
-                             out)
+                             out, formats)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -389,7 +364,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     try:
-        written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1)
+        written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1,
+                               plot_format=args.plot_format)
     except (ValueError, OSError) as e:
         print(f"harness report: {e}", file=sys.stderr)
         return 2

@@ -69,31 +69,100 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
     return {k: node[k] if sub is True else prune(node[k], sub) for k, sub in fields.items() if k in node}
 
 
-def read_compact(folder: str | Path, fields: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True
+                 ) -> list[dict[str, Any]]:
     """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path`;
-    unreadable files are reported and skipped, as `store.read_records` does."""
+    unreadable files are reported and skipped, as `store.read_records` does. With `cache`, the pruned records are
+    kept in `folder/CACHE` and a file whose name, size and mtime are unchanged is not parsed again (`_Cache`)."""
     fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
         return []
     with os.scandir(folder) as it:
         # a record being written is a dot-file (`.tmp-...`) until it is complete
-        paths = sorted(e.path for e in it if e.name.endswith(store.SUFFIX) and not e.name.startswith("."))
+        entries = sorted((e for e in it if e.name.endswith(store.SUFFIX) and not e.name.startswith(".")),
+                         key=lambda e: e.name)
+    known = _Cache(folder / CACHE, fields) if cache else None
     out = []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                rec = json.loads(f.read())
-        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=2)
-            continue
-        if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
-            warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=2)
-            continue
-        rec = prune(rec, fields)
-        rec["_path"] = path
-        out.append(rec)
+    for entry in entries:
+        rec = known.get(entry) if known else None
+        if rec is None:
+            rec = _read_pruned(entry.path, fields)
+            if rec is None:
+                continue
+            if known:
+                known.put(entry, rec)
+        out.append({**rec, "_path": entry.path})
+    if known:
+        known.save({e.name for e in entries})
     return out
+
+
+def _read_pruned(path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            rec = json.loads(f.read())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=3)
+        return None
+    if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
+        warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=3)
+        return None
+    return prune(rec, fields)
+
+
+CACHE = ".report-cache"  # a dot-file without the records' suffix: never read as a record
+
+
+class _Cache:
+    """Pruned records by file name, valid while the file's size and mtime are those recorded and the fields the same:
+    a record is written once and never rewritten (`store.write_record`), so that a sweep's report parses each file
+    once. A missing, unreadable or other-fields cache is rebuilt without a word; it is written to a temporary file
+    and renamed, and a folder that cannot be written is simply not cached."""
+
+    def __init__(self, path: Path, fields: dict[str, Any]) -> None:
+        self.path, self.key, self.changed = path, json.dumps(fields, sort_keys=True), False
+        self.entries: dict[str, list[Any]] = {}
+        try:
+            doc = json.loads(path.read_bytes())
+            if isinstance(doc, dict) and doc.get("version") == 1 and doc.get("fields") == self.key:
+                self.entries = doc["entries"] if isinstance(doc.get("entries"), dict) else {}
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _stamp(entry: os.DirEntry) -> list[int]:
+        st = entry.stat()
+        return [st.st_size, st.st_mtime_ns]
+
+    def get(self, entry: os.DirEntry) -> dict[str, Any] | None:
+        hit = self.entries.get(entry.name)
+        try:
+            valid = isinstance(hit, list) and len(hit) == 3 and isinstance(hit[2], dict)
+            valid = valid and hit[:2] == self._stamp(entry)
+        except OSError:
+            return None
+        return hit[2] if valid else None
+
+    def put(self, entry: os.DirEntry, rec: dict[str, Any]) -> None:
+        try:
+            self.entries[entry.name] = [*self._stamp(entry), rec]
+            self.changed = True
+        except OSError:
+            pass
+
+    def save(self, names: set[str]) -> None:
+        gone = set(self.entries) - names
+        for name in gone:
+            del self.entries[name]
+        if not (self.changed or gone):
+            return
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"version": 1, "fields": self.key, "entries": self.entries}))
+            os.replace(tmp, self.path)
+        except (OSError, TypeError, ValueError):  # read-only folder, or a value JSON cannot hold
+            tmp.unlink(missing_ok=True)
 
 
 def recipe_label(rec: dict[str, Any], split: frozenset[str] | None = None) -> str:
@@ -165,3 +234,36 @@ def loss_curves(pretrains: list[dict[str, Any]], split: frozenset[str] | None = 
     if not parts:
         return pd.DataFrame(columns=["panel", "setting", "step", "mean", "std", "n"])
     return pd.concat(parts, ignore_index=True)
+
+
+# --- one results file ---
+
+IDENTITY = ("run_id", "kind", "task", "protocol", "seed", "status")
+
+
+def records_frame(records: list[dict[str, Any]], split: frozenset[str] | None = None) -> pd.DataFrame:
+    """One row per run (its newest record): its identity, backbone, setting (`recipe_label`) and every metric."""
+    import pandas as pd
+
+    rows = []
+    for rec in store.latest(records).values():
+        backbone = rec.get("backbone") or {}
+        rows.append({**{k: rec.get(k) for k in IDENTITY}, "backbone": backbone.get("name"),
+                     "family": (backbone.get("spec") or {}).get("family"), "recipe": recipe_label(rec, split),
+                     "error": rec.get("error"), "metrics": rec.get("metrics") or {}})
+    return pd.DataFrame(rows, columns=[*IDENTITY, "backbone", "family", "recipe", "error", "metrics"])
+
+
+def write_json(path: Path, runs: pd.DataFrame, summary: pd.DataFrame, tables: list[dict[str, Any]]) -> Path:
+    """`results.json`: `runs` (`records_frame`), `cells` (the summary: mean, std, n, interval, paired Δ per recipe,
+    backbone and column) and `tables` (name, title, rows as shown, Markdown); NaN is written as null. Written to a
+    temporary file and renamed, so that a reader never sees half of it."""
+    cells = summary.drop(columns=["size"], errors="ignore")
+    # pandas writes the frames (NaN as null) and json the rest, each with its C encoder: 10,000 runs in a blink
+    text = (f'{{"runs": {runs.to_json(orient="records", force_ascii=False)},\n'
+            f'"cells": {cells.to_json(orient="records", force_ascii=False)},\n'
+            f'"tables": {json.dumps(tables, ensure_ascii=False, allow_nan=False)}}}\n')
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

@@ -65,10 +65,10 @@ def test_trend_lines_never_pool_settings(tmp_path: Path, monkeypatch: pytest.Mon
     assert sorted(lines["mean"]) == [32.0, 35.0, 72.0, 75.0]
     drawn: list = []
     real_save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append(fig) or real_save(fig, stem))
+    monkeypatch.setattr(plots, "_save", lambda fig, stem, formats: drawn.append(fig) or real_save(fig, stem, formats))
     written = plots.trend_chart(frame, {"in1k_finetune": "IN1K fine-tune top-1"}, "pretrain_epochs",
                                 tmp_path / "trend_vs_epochs")
-    assert [p.name for p in written] == ["trend_vs_epochs.png", "trend_vs_epochs.svg"]
+    assert [p.name for p in written] == ["trend_vs_epochs.png"]  # SVG only on request
     (ax,) = drawn[0].axes
     means = sorted(list(c.lines[0].get_ydata()) for c in ax.containers)  # one errorbar per setting
     assert means == [[32.0, 35.0], [72.0, 75.0]]
@@ -100,3 +100,60 @@ def test_compact_reading_gives_the_same_rows(tmp_path: Path) -> None:
     assert len(compact) == len(whole) == 4
     assert all("history" not in (r.get("extra") or {}) and "finetune" not in r.get("recipe", {}) for r in compact)
     pd.testing.assert_frame_equal(flatten(compact), flatten(whole))
+
+
+def test_bar_panel_baseline_first_intervals_published_and_floor(tmp_path: Path) -> None:
+    """The bars follow the report's order (the baseline first), the error bars span the 95% interval, the paper's
+    number is a marker on its bar and the from-scratch control a dashed line."""
+    from matplotlib.figure import Figure
+
+    from harness.stats import summarize
+
+    folder = tmp_path / "records"
+    for name, family, values in (("mae_vit_base_patch16", "mae", [83.0, 84.0, 84.5]),
+                                 ("sup_b", "supervised", [81.0, 82.0]), ("scratch_b", "scratch", [70.0])):
+        spec = {"arch": "vit_base_patch16_224", "arch_kwargs": {}, "paper_name": "ViT-B"}
+        for seed, v in enumerate(values):
+            store.write_record(folder, rec(name, family, "in1k", "finetune", seed, {"top1": v}, recipe="paper",
+                                           spec=spec))
+    summary = summarize(flatten(store.read_records(folder)))
+    ax = Figure().add_subplot()
+    plots._bar_panel(ax, summary, ["in1k_finetune"], {"in1k_finetune": "IN1K fine-tune top-1"}, "t")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["sup_b", "mae_vit_base_patch16", "scratch_b"]
+    from matplotlib.collections import LineCollection, PathCollection
+
+    mae = summary.set_index("backbone").loc["mae_vit_base_patch16"]
+    (err,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    lo, hi = err.get_segments()[1][:, 1]  # the interval of the second bar
+    assert (lo, hi) == pytest.approx((mae["ci_lo"], mae["ci_hi"]))
+    assert err.get_segments()[2][0, 1] == err.get_segments()[2][1, 1] == pytest.approx(70.0)  # n = 1: no interval
+    (paper,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert paper.get_offsets()[1][1] == pytest.approx(83.6)  # MAE ViT-B fine-tuned, He et al. 2021
+    floor = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(floor) == 1 and floor[0].get_ydata()[0] == pytest.approx(70.0)
+    assert "floor (scratch_b), IN1K fine-tune top-1" in ax.get_legend_handles_labels()[1]
+
+
+def test_the_records_cache_is_used_kept_current_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "records"
+    for seed, v in enumerate((80.0, 82.0)):
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", seed, {"top1": v}))
+    first = results.read_compact(folder)
+    assert (folder / results.CACHE).is_file() and len(store.read_records(folder)) == 2  # not read as a record
+    parsed: list[str] = []
+    real = results._read_pruned
+    monkeypatch.setattr(results, "_read_pruned", lambda path, fields: parsed.append(path) or real(path, fields))
+    assert results.read_compact(folder) == first and parsed == []  # nothing parsed again
+    new = store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 79.0}))
+    again = results.read_compact(folder)
+    assert parsed == [str(new)] and len(again) == 3
+    gone = Path(first[0]["_path"])
+    gone.unlink()
+    assert len(results.read_compact(folder)) == 2 and gone.name not in (folder / results.CACHE).read_text()
+    (folder / results.CACHE).write_text("{not json")  # corrupt: rebuilt without a word
+    parsed.clear()
+    left = [r["run_id"] for r in again if r["_path"] != str(gone)]
+    assert [r["run_id"] for r in results.read_compact(folder)] == left
+    assert len(parsed) == 2 and json.loads((folder / results.CACHE).read_text())["version"] == 1
+    fewer = results.read_compact(folder, {"run_id": True, "status": True})  # other fields: not the cached records
+    assert all(set(r) == {"run_id", "status", "_path"} for r in fewer)

@@ -71,10 +71,12 @@ def test_cells_mean_std_n_delta(records: Path) -> None:
     in1k = out["in1k_tiny"].set_index("backbone")
     ft, lp = "IN1K fine-tune top-1", "IN1K linear top-1"
     m, s = statistics.mean(MAE_FT), statistics.stdev(MAE_FT)
-    assert in1k.loc["mae_t", ft] == f"{m:.1f} ± {s:.1f} (n=3)" == "82.0 ± 2.0 (n=3)"
-    assert in1k.loc["sup_t", ft] == "80.0 ± 1.4 (n=2)"
+    assert in1k.loc["mae_t", ft] == fmt_cell(m, s, 3) == "82.0 ± 2.0 [77.0, 87.0] (n=3)"
+    assert in1k.loc["sup_t", ft] == "80.0 ± 1.4 [67.3, 92.7] (n=2)"
     assert in1k.loc["scratch_t", ft] == "50.0 (n=1)"
-    assert in1k.loc["mae_t", f"Δ {ft}"] == "+2.0" and in1k.loc["scratch_t", f"Δ {ft}"] == "-30.0"
+    # paired by seed: mae_t 80, 82 (, 84) against sup_t 79, 81 on seeds 0, 1: differences 1, 1
+    assert in1k.loc["mae_t", f"Δ {ft}"] == "+1.0 [+1.0, +1.0]* (2 pairs)"
+    assert in1k.loc["scratch_t", f"Δ {ft}"] == "-30.0"  # one seed in common: the plain difference
     assert in1k.loc["sup_t", f"Δ {ft}"] == ""  # the baseline itself
     assert in1k.loc["mae_t", lp] == "40.0 (n=1)" and in1k.loc["mae_t", f"Δ {lp}"] == "-5.5"
     assert in1k.loc["scratch_t", lp] == "10.0 (n=1)"  # the newest record of run scr-lp
@@ -91,13 +93,13 @@ def test_summary_numbers(records: Path) -> None:
     summary = summarize(_frame(records)).set_index(["recipe", "backbone", "column"])
     row = summary.loc[("tiny", "mae_t", "in1k_finetune")]
     assert row["mean"] == pytest.approx(82.0) and row["std"] == pytest.approx(2.0) and row["n"] == 3
-    assert row["delta"] == pytest.approx(2.0) and row["baseline"] == "sup_t"
+    assert row["delta"] == pytest.approx(1.0) and row["baseline"] == "sup_t" and row["delta_n"] == 2
     assert summary.loc[("tiny", "sup_t", "in1k_finetune")]["std"] == pytest.approx(statistics.stdev(SUP_FT))
 
 
 def test_published_numbers_beside_the_paper_setting(records: Path) -> None:
     paper = tables(summarize(_frame(records)))["in1k_paper"].set_index("backbone")
-    assert paper.loc["mae_vit_base_patch16", "IN1K fine-tune top-1"] == "83.2 ± 0.3 (n=2)"
+    assert paper.loc["mae_vit_base_patch16", "IN1K fine-tune top-1"] == "83.2 ± 0.3 [80.7, 85.7] (n=2)"
     assert paper.loc["mae_vit_base_patch16", "IN1K fine-tune top-1 (paper)"] == "83.6"
     tiny = tables(summarize(_frame(records)))["in1k_tiny"]
     assert not any("(paper)" in c for c in tiny.columns)  # only recipe 'paper' is compared with the paper
@@ -109,13 +111,13 @@ def test_published_numbers_beside_the_paper_setting(records: Path) -> None:
 
 
 def test_fmt_cell() -> None:
-    assert fmt_cell(71.234, 0.456, 3) == "71.2 ± 0.5 (n=3)"
+    assert fmt_cell(71.234, 0.456, 3) == "71.2 ± 0.5 [70.1, 72.4] (n=3)"
     assert fmt_cell(71.25, float("nan"), 1) == "71.2 (n=1)"
 
 
 def test_write_report_files(records: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    written = write_report(records, out)
+    written = write_report(records, out, plot_format="png,svg")
     names = {p.relative_to(out).as_posix() for p in written}
     for table in ("in1k_tiny", "coco_tiny", "ade20k_tiny", "in1k_paper", "reference"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.tex"} <= names
@@ -123,11 +125,11 @@ def test_write_report_files(records: Path, tmp_path: Path) -> None:
         png, svg = out / "plots" / f"{plot}.png", out / "plots" / f"{plot}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:1000]
     md = (out / "in1k_tiny.md").read_text()
-    assert "| mae_t | mae | 82.0 ± 2.0 (n=3) | +2.0 |" in md
+    assert "| mae_t | mae | 82.0 ± 2.0 [77.0, 87.0] (n=3) | +1.0 [+1.0, +1.0]* (2 pairs) |" in md
     csv = pd.read_csv(out / "in1k_tiny.csv")
-    assert list(csv["backbone"]) == ["mae_t", "scratch_t", "sup_t"]
+    assert list(csv["backbone"]) == ["sup_t", "mae_t", "scratch_t"]  # the baseline first
     tex = (out / "in1k_tiny.tex").read_text()
-    assert r"82.0 $\pm$ 2.0 (n=3)" in tex and r"$\Delta$ IN1K fine-tune top-1" in tex and "±" not in tex
+    assert r"82.0 $\pm$ 2.0 [77.0, 87.0] (n=3)" in tex and r"$\Delta$ IN1K fine-tune top-1" in tex and "±" not in tex
     ref = pd.read_csv(out / "reference.csv")
     assert len(ref) == len(reference.PUBLISHED) and 83.6 in set(ref["IN1K fine-tune top-1"])
     readme = (out / "README.md").read_text()
@@ -159,7 +161,8 @@ def test_trend_plots_loss_curves_and_reconstruction(tmp_path: Path) -> None:
     out = tmp_path / "results"
     write_report(folder, out, formats=["csv"])
     plots = {p.name for p in (out / "plots").iterdir()}
-    assert {"trend_vs_epochs.png", "trend_vs_epochs.svg", "pretrain_loss.png", "reconstruction_mae_t.png"} <= plots
+    assert {"trend_vs_epochs.png", "pretrain_loss.png", "reconstruction_mae_t.png"} <= plots
+    assert not any(p.endswith(".svg") for p in plots)  # SVG only on request
     assert "trend_vs_size.png" not in plots  # one size only: no size plot
     assert not list(out.glob("*.md")) or (out / "README.md").exists()
     assert (out / "plots" / "reconstruction_mae_t.png").read_bytes() == (log.parent / "reconstruction.png").read_bytes()
@@ -172,8 +175,10 @@ def test_report_command(records: Path, tmp_path: Path, monkeypatch, capsys) -> N
     out = tmp_path / "res"
     assert main(["report", "--runs", str(records.parent), "--out", str(out), "--format", "md", "--no-plots"]) == 0
     assert (out / "in1k_tiny.md").is_file() and not (out / "plots").exists()
-    assert "82.0 ± 2.0 (n=3)" in capsys.readouterr().out
+    assert "82.0 ± 2.0 [77.0, 87.0] (n=3)" in capsys.readouterr().out
     assert main(["report", "--runs", str(records.parent), "--out", str(out), "--format", "html"]) == 2
+    assert main(["report", "--runs", str(records.parent), "--out", str(out), "--plot-format", "pdf"]) == 2
+    assert "--plot-format: unknown pdf" in capsys.readouterr().err
     assert main(["report", "--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1
 
 
@@ -204,7 +209,7 @@ def test_overrides_and_pretraining_lengths_are_settings_not_seeds(tmp_path: Path
     store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 65.0}))
     out = tables(summarize(_frame(folder)))
     assert set(out) == {"coco_tiny", 'coco_tiny_model_pyramid=_taps', "in1k_tiny"}
-    assert out["coco_tiny"].set_index("backbone").loc["mae_t", "COCO APbox"] == "11.0 ± 1.4 (n=2)"
+    assert out["coco_tiny"].set_index("backbone").loc["mae_t", "COCO APbox"] == "11.0 ± 1.4 [-1.7, 23.7] (n=2)"
     taps = out['coco_tiny_model_pyramid=_taps'].set_index("backbone")
     assert taps.loc["mae_t", "COCO APbox"] == "30.0 (n=1)"
     in1k = out["in1k_tiny"].set_index("backbone")
@@ -224,10 +229,28 @@ def test_in1k_tables_show_the_last_epoch_unless_asked_for_the_best(tmp_path: Pat
     store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 79.0}))  # no best recorded
     write_report(folder, tmp_path / "last", formats=["md"], plots=False)
     md = (tmp_path / "last" / "in1k.md").read_text()
-    assert "ImageNet-1K top-1 (%), last epoch" in md and "81.0 ± 1.4 (n=2)" in md and "79.0 (n=1)" in md
+    assert "ImageNet-1K top-1 (%), last epoch" in md and "81.0 ± 1.4 [68.3, 93.7] (n=2)" in md and "79.0 (n=1)" in md
     write_report(folder, tmp_path / "best", formats=["md"], plots=False, top1="best")
     md = (tmp_path / "best" / "in1k.md").read_text()
-    assert "ImageNet-1K top-1 (%), best epoch" in md and "81.5 ± 0.7 (n=2)" in md
+    assert "ImageNet-1K top-1 (%), best epoch" in md and "81.5 ± 0.7 [75.1, 87.9] (n=2)" in md
     assert "79.0" not in md  # a run without a best epoch's top-1 shows none rather than its last
     with pytest.raises(ValueError, match="--in1k-top1"):
         write_report(folder, tmp_path / "bad", formats=["md"], plots=False, top1="max")
+
+
+def test_results_json(records: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    write_report(records, out, formats=["md"], plots=False)
+    doc = json.loads((out / "results.json").read_text())
+    runs = {r["run_id"]: r for r in doc["runs"]}
+    assert len(runs) == 15 and runs["scr-lp"]["metrics"] == {"top1": 10.0}  # the newest record of a run
+    failed = runs["scratch_t-coco-None-0-tiny"]
+    assert failed["status"] == "failed" and failed["recipe"] == "tiny" and failed["error"] == "boom"
+    cell = next(c for c in doc["cells"] if c["backbone"] == "mae_t" and c["column"] == "in1k_finetune")
+    assert cell["mean"] == pytest.approx(82.0) and cell["n"] == 3 and cell["ci_lo"] == pytest.approx(77.03, abs=0.01)
+    assert cell["delta"] == pytest.approx(1.0) and cell["delta_n"] == 2 and cell["delta_sig"] is True
+    base = next(c for c in doc["cells"] if c["backbone"] == "sup_t" and c["column"] == "in1k_finetune")
+    assert base["delta"] is None  # NaN is written as null
+    table = next(t for t in doc["tables"] if t["name"] == "in1k_tiny")
+    assert [r["backbone"] for r in table["rows"]] == ["sup_t", "mae_t", "scratch_t"]
+    assert table["markdown"] == (out / "in1k_tiny.md").read_text().split("\n\n", 1)[1]

@@ -25,7 +25,7 @@ from harness.run.inputs import PlanError, split_list
 from harness.run.launch import execute, stop_signals_interrupt
 from harness.run.options import RunOptions, configure
 from harness.run.plan import Plan, build_plan, save_specs
-from harness.run.view import print_plan, summary
+from harness.run.view import print_plan, print_tables, summary
 
 __all__ = ["DID_NOT_START", "MAX_FAILED", "PlanError", "RunOptions", "configure", "run"]
 
@@ -34,7 +34,8 @@ MAX_FAILED = 125
 
 
 def run(args: RunOptions | argparse.Namespace) -> int:
-    """The command: plan, then (unless --dry-run) launch what is not done, summarize and report."""
+    """The command: plan, then (unless --dry-run) launch what is not done, summarize, report and print the report's
+    tables (not with --no-report)."""
     opts = args if isinstance(args, RunOptions) else RunOptions.from_args(args)
     try:
         plan = build_plan(opts)
@@ -75,3 +76,4 @@ def _report(plan: Plan, opts: RunOptions) -> None:
               file=sys.stderr)
         return
     print(f"report: {len(written)} files in {plan.out / 'results'}")
+    print_tables(plan.out / "results")

@@ -141,3 +141,19 @@ def summary(plan: Plan) -> str:
             note = f"{note}; log {plan.log(r)}"
         rows.append([str(r.run_id or "-"), r.label, status, f"{r.wall:.1f}" if r.wall else "", shown, note])
     return _table(rows, ["run_id", "run", "status", "wall s", "metric", "note"])
+
+
+def print_tables(results: Path) -> None:
+    """The report's main tables (Markdown, each under its title), as `harness report` wrote them in `results.json`."""
+    import json
+
+    from harness.report import RESULTS_JSON
+
+    path = results / RESULTS_JSON
+    try:
+        tables = json.loads(path.read_text())["tables"]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"harness run: cannot read the tables from {path} ({e})", file=sys.stderr)
+        return
+    for table in tables:
+        print(f"\n### {table['title']}\n\n{table['markdown']}", end="")
