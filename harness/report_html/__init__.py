@@ -134,7 +134,8 @@ def _task_section(task: str, stems: list[str], tables: dict[str, pd.DataFrame], 
         if embedded and names and title.startswith(names[0]):  # the borrowed name is not the data's
             title = title[len(names[0]):].strip(" ,")
         blocks.append(f"<h3>{esc(title)}</h3>{markup.table(tables[stem], f'table-{anchor(stem)}')}")
-    figure = markup.figure(chart, f"{task}: the mean over seeds, error bars ± 1 std") if chart else ""
+    caption = f"{task}: the mean over seeds, error bars the 95% t-interval (n ≥ 2), dashed lines the from-scratch floor"
+    figure = markup.figure(chart, caption) if chart else ""
     body = f'{note}<div class="pair"><div class="tables">{"".join(blocks)}</div>{figure}</div>'
     return Section(f"task-{anchor(task)}", heading, body, tag=task)
 
