@@ -90,3 +90,82 @@ def test_records_carry_the_setting(tmp_path, monkeypatch) -> None:
         setting = task["backbone"]["pretrain"]["sweep"]
         assert setting["key"] == "model.mask_ratio"
         assert pre[task["backbone"]["pretrain"]["run_id"]]["overrides"]["model.mask_ratio"] == setting["value"]
+
+
+# --- the report's sweep curves, on dummy records ---
+
+FT = {0.5: [80.0, 82.0], 0.75: [84.0, 85.0], 0.9: [81.0, 83.0]}  # two seeds per mask ratio
+LIN = {0.5: [60.0, 62.0], 0.75: [64.0, 66.0], 0.9: [70.0, 71.0]}
+PARTIAL = {1: 70.0, 2: 74.0, 4: 78.0}  # top-1 against K
+
+
+def sweep_records(folder: Path) -> None:
+    from harness import store
+    from tests.test_report import rec
+
+    for value in FT:
+        pre = {"run_id": f"pre-{value}", "method": "mae", "epochs": None,
+               "sweep": {"key": "model.mask_ratio", "value": value}}
+        for protocol, table in (("finetune", FT), ("linprobe", LIN)):
+            for seed, top1 in enumerate(table[value]):
+                r = rec("mae_t", "mae", "in1k", protocol, seed, {"top1": top1}, run_id=f"{protocol}-{value}-{seed}")
+                r["backbone"]["pretrain"] = pre
+                store.write_record(folder, r)
+    for seed, top1 in enumerate([79.0, 80.0]):  # the baseline, not swept
+        store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", seed, {"top1": top1}))
+    for k, top1 in PARTIAL.items():
+        store.write_record(folder, rec("mae_t", "mae", "in1k", "partial", 0, {"top1": top1}, extra={"blocks": k},
+                                       run_id=f"partial-{k}"))
+
+
+def _summary(folder: Path):
+    from harness import store
+    from harness.report import flatten
+    from harness.stats import summarize
+
+    return summarize(flatten(store.read_records(folder)))
+
+
+def test_the_sweep_curve_has_one_point_per_value_with_its_mean(tmp_path) -> None:
+    from harness.sweeps import curve_figure, split_ks, sweep_points
+    from tasks.spec import builtin_specs
+
+    sweep_records(tmp_path / "records")
+    summary = _summary(tmp_path / "records")
+    k_of = split_ks(set(summary["column"]), builtin_specs())
+    points = sweep_points(summary, "model.mask_ratio", k_of)
+    assert set(points["column"]) == {"in1k_finetune", "in1k_linprobe"}  # the K columns have a curve of their own
+    for column, table in (("in1k_finetune", FT), ("in1k_linprobe", LIN)):
+        line = points[points["column"] == column]
+        assert list(line["x"]) == [0.5, 0.75, 0.9]
+        assert list(line["mean"]) == pytest.approx([sum(v) / 2 for v in table.values()])
+        assert list(line["n"]) == [2, 2, 2]
+    fig = curve_figure(points, {"in1k_finetune": "FT", "in1k_linprobe": "LIN"}, "mask ratio")
+    drawn = {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+             for c in fig.axes[0].containers}  # one errorbar per line: its data line, caps and interval bars
+    assert drawn["mae_t, FT"] == ([0.5, 0.75, 0.9], pytest.approx([81.0, 84.5, 82.0]))
+    assert drawn["mae_t, LIN"][1] == pytest.approx([61.0, 65.0, 70.5])
+    bars = [c.lines[2][0].get_segments() for c in fig.axes[0].containers]  # the 95% intervals: n = 2 per point
+    assert len(bars) == 2 and all(len(b) == 3 for b in bars)
+    ft = points[points["column"] == "in1k_finetune"].iloc[0]
+    seg = bars[0][0]  # fine-tune at 0.5: 81 ± t(0.975, 1) · 1.414 / √2 = 81 ± 12.71
+    assert (seg[0][1], seg[1][1]) == pytest.approx((ft["ci_lo"], ft["ci_hi"]))
+    assert (ft["ci_lo"], ft["ci_hi"]) == pytest.approx((68.29, 93.71), abs=0.01)
+
+
+def test_the_k_curve_and_the_report(tmp_path) -> None:
+    from harness.report import tables, write_report
+    from harness.sweeps import k_points, split_ks
+    from tasks.spec import builtin_specs
+
+    sweep_records(tmp_path / "records")
+    summary = _summary(tmp_path / "records")
+    points = k_points(summary, split_ks(set(summary["column"]), builtin_specs()))
+    assert list(points["x"]) == [1.0, 2.0, 4.0] and list(points["mean"]) == list(PARTIAL.values())
+    rows = list(tables(summary)["in1k"]["backbone"])  # settings are rows of their own, never pooled
+    assert {"mae_t (mask_ratio=0.5)", "mae_t (mask_ratio=0.75)", "mae_t (mask_ratio=0.9)"} <= set(rows)
+    files = write_report(tmp_path / "records", tmp_path / "results", formats=["md"])
+    names = {p.name for p in files}
+    assert {"sweep_model_mask_ratio.png", "partial_k.png", "sweep_model_mask_ratio.md"} <= names
+    table = (tmp_path / "results" / "sweep_model_mask_ratio.md").read_text()
+    assert "84.5 ± 0.7" in table and table.count("| 0.") == 3
