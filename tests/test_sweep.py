@@ -80,8 +80,15 @@ def test_dry_run_shows_the_settings(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_records_carry_the_setting(tmp_path, monkeypatch) -> None:
+    from harness import api
+
     preset, out = sweep_suite(tmp_path), tmp_path / "out"
-    assert harness(monkeypatch, *base_args(preset, out), "--sweep", "pretrain.model.mask_ratio=0.5,0.9") == 0
+    frame = api.run_suite(preset=str(preset), out=str(out), device="cpu", report_format="md",
+                          sweep={"pretrain.model.mask_ratio": [0.5, 0.9]})
+    assert frame.attrs["exit_status"] == 0
+    swept = frame[frame["backbone"] == "mae_vit_tiny_patch4"]["sweep"].dropna()
+    assert sorted(s["value"] for s in swept) == [0.5, 0.5, 0.9, 0.9]  # two protocols per setting
+    assert "sweep model mask ratio" in (out / "results" / "index.html").read_text()  # the curve, inlined
     recs = latest(out).values()
     pre = {r["run_id"]: r for r in recs if r["kind"] == "pretrain"}
     tasks = [r for r in recs if r["kind"] == "task" and r["backbone"]["name"] == "mae_vit_tiny_patch4"]
