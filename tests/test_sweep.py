@@ -70,6 +70,13 @@ def test_bad_sweeps_stop_before_any_work(tmp_path, monkeypatch, capsys, flag, na
     assert not out.exists()
 
 
+def test_one_sweep_key_at_a_time(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = sweep_suite(tmp_path), tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out), "--sweep", SWEEP, "--sweep",
+                   "pretrain.model.decoder_depth=1,2") == DID_NOT_START
+    assert "one key at a time" in capsys.readouterr().err and not out.exists()
+
+
 def test_dry_run_shows_the_settings(tmp_path, monkeypatch, capsys) -> None:
     preset, out = sweep_suite(tmp_path), tmp_path / "out"
     assert harness(monkeypatch, *base_args(preset, out), "--dry-run", "--sweep", SWEEP) == 0

@@ -135,7 +135,10 @@ def build_plan(opts: RunOptions) -> Plan:
 
 
 def sweep_of(opts: RunOptions) -> Sweep | None:
-    sweep = parse_sweep(opts.sweep)
+    given = (opts.sweep,) if isinstance(opts.sweep, str) else tuple(opts.sweep or ())
+    if len(given) > 1:
+        raise PlanError(f"{SWEEP_FLAG} given {len(given)} times ({', '.join(given)}): one key at a time")
+    sweep = parse_sweep(given[0] if given else None)
     if sweep and sweep.key == "epochs" and opts.pretrain_epochs is not None:
         raise PlanError(f"{SWEEP_FLAG} pretrain.epochs and --pretrain-epochs: give one of them")
     return sweep
