@@ -1,9 +1,9 @@
 """The report's sweep curves, as the MAE paper draws its ablations (He et al. 2021, Figure 5: mask ratio, Figure 9:
 partial fine-tuning; Table 1: decoder depth): accuracy against the swept value, from the report's summary.
 
-* `sweep_<key>`: for a `harness run --sweep pretrain.KEY=...`, one panel per task table, x = the swept value,
-  one line per backbone and column (IN1K: fine-tune and linear), the mean over seeds with its 95% interval as error
-  bars when n >= 2; beside it a table, one row per value;
+* `sweep_<key>`: for a `harness run --sweep pretrain.KEY=...`, one panel per column (IN1K fine-tune, linear, and the
+  other tasks' columns), x = the swept value, one line per backbone, the mean over seeds with its 95% interval as
+  error bars when n >= 2; beside it a table, one row per value;
 * `partial_k`: IN1K partial fine-tuning's top-1 against K (the blocks tuned) when several K were run, one line per
   backbone and setting.
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tasks.spec import TaskSpec
 
 PANELS_PER_ROW = 3
+PARTIAL = "partial fine-tuning"  # the K curve's one panel
 
 
 def sweep_points(summary: pd.DataFrame, key: str, k_of: dict[str, float]) -> pd.DataFrame:
@@ -37,7 +38,7 @@ def k_points(summary: pd.DataFrame, k_of: dict[str, float]) -> pd.DataFrame:
     """The split columns' cells (partial fine-tuning's `in1k_partial_k<K>`) with x = K, on lines (backbone and
     setting, i.e. the table row) that have two or more K."""
     part = summary[summary["column"].isin(k_of)]
-    part = part.assign(x=part["column"].map(k_of), line=part["label"], column="K")
+    part = part.assign(x=part["column"].map(k_of), line=part["label"], column=PARTIAL)
     several = part.groupby(["recipe", "line"])["x"].transform("nunique") > 1
     return part[several].sort_values(["line", "x"])
 
@@ -61,29 +62,35 @@ def curve_chart(points: pd.DataFrame, labels: dict[str, str], xlabel: str, stem:
 
 
 def curve_figure(points: pd.DataFrame, labels: dict[str, str], xlabel: str) -> Figure:
-    """One panel per recipe (setting of the transfers), one line per (line, column): mean with its 95% interval."""
-    recipes = sorted(points["recipe"].unique())
-    series = sorted({(li, c) for li, c in zip(points["line"], points["column"], strict=True)})
-    names = [f"{li}, {labels.get(c, c)}" if c != "K" else str(li) for li, c in series]
-    fig, axes = _grid(len(recipes), PANELS_PER_ROW, (3.2, 2.4), (0.55, text_width(names, 7) + 0.6, 0.5, 0.3),
+    """One panel per column (as the paper's Figure 5: fine-tuning, linear probing), one line per backbone (and recipe
+    of the transfers, when several), the same colour in every panel: the mean with its 95% interval."""
+    columns = sorted(points["column"].unique())
+    series = sorted({(r, li) for r, li in zip(points["recipe"], points["line"], strict=True)})
+    several = len({r for r, _ in series}) > 1
+    names = [f"{li}, {r or 'default'}" if several else str(li) for r, li in series]
+    fig, axes = _grid(len(columns), PANELS_PER_ROW, (3.0, 2.2), (0.55, text_width(names, 7) + 0.6, 0.5, 0.3),
                       (0.55, 0.75))
-    for ax, recipe in zip(axes, recipes, strict=True):
-        for j, (line, col) in enumerate(series):
-            pts = points[(points["recipe"] == recipe) & (points["line"] == line) & (points["column"] == col)]
+    for ax, col in zip(axes, columns, strict=True):
+        for j, (recipe, line) in enumerate(series):
+            pts = points[(points["column"] == col) & (points["recipe"] == recipe) & (points["line"] == line)]
             if pts.empty:
                 continue
             lo = (pts["mean"] - pts["ci_lo"]).where(pts["n"] >= 2, 0.0).fillna(0.0)
             hi = (pts["ci_hi"] - pts["mean"]).where(pts["n"] >= 2, 0.0).fillna(0.0)
             ax.errorbar(pts["x"], pts["mean"], yerr=[lo, hi], marker="o", markersize=3, capsize=2,
                         color=f"C{j % 10}", label=names[j])
-        xs = list(points.loc[points["recipe"] == recipe, "x"].unique())
+        xs = list(points.loc[points["column"] == col, "x"].unique())
         if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):  # else categories, as given
             ax.set_xticks(sorted(xs))
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel("mean over seeds", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.set_title(recipe or "default recipe", fontsize=9)
-    handles, shown = axes[0].get_legend_handles_labels()
+        ax.set_title(labels.get(col, col), fontsize=9)
+    handles, shown = [], []
+    for ax in axes:  # one legend for the figure
+        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
+            if n not in shown:
+                handles.append(h)
+                shown.append(n)
     fig.legend(handles, shown, loc="upper right", fontsize=7)
     return fig
 

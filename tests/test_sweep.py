@@ -155,11 +155,12 @@ def test_the_sweep_curve_has_one_point_per_value_with_its_mean(tmp_path) -> None
         assert list(line["mean"]) == pytest.approx([sum(v) / 2 for v in table.values()])
         assert list(line["n"]) == [2, 2, 2]
     fig = curve_figure(points, {"in1k_finetune": "FT", "in1k_linprobe": "LIN"}, "mask ratio")
-    drawn = {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
-             for c in fig.axes[0].containers}  # one errorbar per line: its data line, caps and interval bars
-    assert drawn["mae_t, FT"] == ([0.5, 0.75, 0.9], pytest.approx([81.0, 84.5, 82.0]))
-    assert drawn["mae_t, LIN"][1] == pytest.approx([61.0, 65.0, 70.5])
-    bars = [c.lines[2][0].get_segments() for c in fig.axes[0].containers]  # the 95% intervals: n = 2 per point
+    assert [ax.get_title() for ax in fig.axes] == ["FT", "LIN"]  # a panel per protocol, as the paper's Figure 5
+    drawn = [{c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata())) for c in ax.containers}
+             for ax in fig.axes]  # one errorbar per line: its data line, caps and interval bars
+    assert drawn[0]["mae_t"] == ([0.5, 0.75, 0.9], pytest.approx([81.0, 84.5, 82.0]))
+    assert drawn[1]["mae_t"][1] == pytest.approx([61.0, 65.0, 70.5])
+    bars = [c.lines[2][0].get_segments() for ax in fig.axes for c in ax.containers]  # the 95% intervals (n = 2)
     assert len(bars) == 2 and all(len(b) == 3 for b in bars)
     ft = points[points["column"] == "in1k_finetune"].iloc[0]
     seg = bars[0][0]  # fine-tune at 0.5: 81 ± t(0.975, 1) · 1.414 / √2 = 81 ± 12.71
@@ -169,13 +170,16 @@ def test_the_sweep_curve_has_one_point_per_value_with_its_mean(tmp_path) -> None
 
 def test_the_k_curve_and_the_report(tmp_path) -> None:
     from harness.report import tables, write_report
-    from harness.sweeps import k_points, split_ks
+    from harness.sweeps import curve_figure, k_points, split_ks
     from tasks.spec import builtin_specs
 
     sweep_records(tmp_path / "records")
     summary = _summary(tmp_path / "records")
     points = k_points(summary, split_ks(set(summary["column"]), builtin_specs()))
     assert list(points["x"]) == [1.0, 2.0, 4.0] and list(points["mean"]) == list(PARTIAL.values())
+    (panel,) = curve_figure(points, {}, "K").axes
+    (line,) = panel.containers
+    assert line.get_label() == "mae_t" and list(line.lines[0].get_ydata()) == list(PARTIAL.values())
     rows = list(tables(summary)["in1k"]["backbone"])  # settings are rows of their own, never pooled
     assert {"mae_t (mask_ratio=0.5)", "mae_t (mask_ratio=0.75)", "mae_t (mask_ratio=0.9)"} <= set(rows)
     files = write_report(tmp_path / "records", tmp_path / "results", formats=["md"])
