@@ -38,6 +38,8 @@ def run_options(**options: Any) -> RunOptions:
             value = ",".join(str(v) for v in value)
         elif isinstance(value, list):
             value = tuple(str(v) for v in value)
+        elif key == "sweep" and isinstance(value, dict):  # {"pretrain.model.mask_ratio": [0.5, 0.75]}
+            value = tuple(f"{k}={','.join(str(v) for v in vs)}" for k, vs in value.items())
         elif isinstance(value, Path):
             value = str(value)
         values[key] = value

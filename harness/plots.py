@@ -11,6 +11,8 @@ ready.
 * `pretrain_loss`: the pretraining loss, one panel per method, one line per setting (mean over seeds, a band of one
   std), from `harness.results.loss_curves`;
 * `reconstruction_<backbone>`: the MAE reconstruction figure the pretraining wrote, copied.
+* `sweep_<key>`, `partial_k`: accuracy against a swept pretraining setting or against partial fine-tuning's K, drawn
+  by `harness.sweeps`.
 
 Figures are made with `matplotlib.figure.Figure`, not pyplot: nothing global to close, and no GUI backend to load.
 SVG text is kept as text (not glyph outlines): smaller files, written in a fraction of the time.

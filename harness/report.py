@@ -128,6 +128,12 @@ def _pretrain_epochs(backbone: dict[str, Any], latest: dict[str, dict[str, Any]]
     return pre.get("epochs") or resolved or (backbone.get("spec") or {}).get("pretrain_epochs")
 
 
+def _sweep_setting(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The `--sweep` setting whose encoder a run loads (`harness.run.sweep`), else none."""
+    setting = (backbone.get("pretrain") or {}).get("sweep") or {}
+    return {"sweep_key": setting.get("key"), "sweep_value": setting.get("value")}
+
+
 def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, TaskSpec] | None = None
             ) -> pd.DataFrame:
     """One row per (run, column) the run feeds, plus one row per run without a value (failed, a task without a
@@ -149,6 +155,7 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
             "backbone": backbone.get("name"), "family": spec.get("family"), "model": spec.get("paper_name"),
             "size": _size_key(spec), "seed": rec.get("seed"),
             "pretrain_epochs": _pretrain_epochs(backbone, latest),
+            **_sweep_setting(backbone),
             "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"), "log": rec.get("log"),
             "finished_at": rec.get("finished_at"),
         }
@@ -164,7 +171,8 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
         if not fed:
             rows.append({**base, "column": None, "value": float("nan")})
     cols = ["run_id", "status", "kind", "task", "protocol", "recipe", "backbone", "family", "model", "size", "seed",
-            "pretrain_epochs", "wall_time_s", "error", "log", "finished_at", "column", "value"]
+            "pretrain_epochs", "sweep_key", "sweep_value", "wall_time_s", "error", "log", "finished_at", "column",
+            "value"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -267,7 +275,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
                  plots: bool = True, top1: str = "last", plot_format: str | tuple[str, ...] = ("png",)) -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
     tables show the `top1` ('last' or 'best') epoch's top-1 and say which in their title."""
-    from harness import results
+    from harness import results, sweeps
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -295,6 +303,12 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
         written += _write(table, out / name, formats, title)
         index.append(f"### {title}\n\n{to_markdown(table)}")
         shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": to_markdown(table)})
+    labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
+    k_of = sweeps.split_ks(set(labels), specs)
+    for name, table in sweeps.sweep_tables(summary, labels, k_of).items():
+        title = f"Sweep of pretrain.{name.removeprefix('sweep_')}: one row per value (its own pretraining)"
+        written += _write(table, out / name, formats, title)
+        index.append(f"### {title}\n\n{to_markdown(table)}")
     ref = reference_table(specs)
     from harness.reference import PAPER
 
@@ -317,6 +331,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
                                       shown))
     if plots:
         pics = _plots(frame, summary, recs, out / "plots", specs, plot_format)
+        pics += sweeps.write_sweeps(summary, labels, k_of, out / "plots", plot_format)
         written += pics
         shown_as = ".png" if "png" in plot_format else ".svg"
         index.append("### Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pics

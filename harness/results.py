@@ -242,7 +242,8 @@ IDENTITY = ("run_id", "kind", "task", "protocol", "seed", "status")
 
 
 def records_frame(records: list[dict[str, Any]], split: frozenset[str] | None = None) -> pd.DataFrame:
-    """One row per run (its newest record): its identity, backbone, setting (`recipe_label`) and every metric."""
+    """One row per run (its newest record): its identity, backbone, setting (`recipe_label`), the `--sweep` setting
+    of the pretraining it loads (`{key, value}`, else None) and every metric."""
     import pandas as pd
 
     rows = []
@@ -250,8 +251,9 @@ def records_frame(records: list[dict[str, Any]], split: frozenset[str] | None = 
         backbone = rec.get("backbone") or {}
         rows.append({**{k: rec.get(k) for k in IDENTITY}, "backbone": backbone.get("name"),
                      "family": (backbone.get("spec") or {}).get("family"), "recipe": recipe_label(rec, split),
-                     "error": rec.get("error"), "metrics": rec.get("metrics") or {}})
-    return pd.DataFrame(rows, columns=[*IDENTITY, "backbone", "family", "recipe", "error", "metrics"])
+                     "sweep": (backbone.get("pretrain") or {}).get("sweep"), "error": rec.get("error"),
+                     "metrics": rec.get("metrics") or {}})
+    return pd.DataFrame(rows, columns=[*IDENTITY, "backbone", "family", "recipe", "sweep", "error", "metrics"])
 
 
 def write_json(path: Path, runs: pd.DataFrame, summary: pd.DataFrame, tables: list[dict[str, Any]]) -> Path:

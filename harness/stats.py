@@ -27,7 +27,8 @@ INTERVAL_NOTE = ("Cells: mean ± sample std over seeds, [95% t-interval of the m
                  "(n seeds); Δ: difference to the supervised backbone of the same architecture and recipe, paired by "
                  "seed (mean of the per-seed differences with its 95% t-interval, `*` when it excludes 0, n pairs); "
                  "with fewer than two pairs, the difference of the means.")
-SUMMARY_COLUMNS = ["recipe", "backbone", "pretrain_epochs", "family", "model", "size", "column", "mean", "std", "n",
+SUMMARY_COLUMNS = ["recipe", "backbone", "pretrain_epochs", "sweep_key", "sweep_value", "family", "model", "size",
+                   "column", "mean", "std", "n",
                    "ci_lo", "ci_hi", "label", "baseline", "delta", "delta_lo", "delta_hi", "delta_n", "delta_sig",
                    "published", "control"]
 
@@ -87,7 +88,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     if done.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     # the same backbone name pretrained for different epochs (an epochs sweep) is a different encoder, not a seed
-    keys = ["recipe", "backbone", "pretrain_epochs", "family", "model", "size", "column"]
+    # and so is each setting of a `--sweep`
+    keys = ["recipe", "backbone", "pretrain_epochs", "sweep_key", "sweep_value", "family", "model", "size", "column"]
     done = done.fillna({"recipe": "", "family": "", "model": ""})
     group = done.groupby(keys, dropna=False, sort=True).ngroup()
     agg = done.assign(gid=group).groupby("gid").agg(
@@ -99,7 +101,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     ci = [t_interval(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"], strict=True)]
     agg["ci_lo"], agg["ci_hi"] = [c[0] for c in ci], [c[1] for c in ci]
     agg["label"] = _row_labels(agg)
-    base = agg[agg["family"] == BASELINE_FAMILY].sort_values(["backbone", "pretrain_epochs"], na_position="first")
+    base = agg[agg["family"] == BASELINE_FAMILY].sort_values(["backbone", "pretrain_epochs", "sweep_key"],
+                                                             na_position="first")
     base = base.drop_duplicates(["recipe", "size", "column"]).set_index(["recipe", "size", "column"])
     deltas = [_delta(row, base, seeds) for row in agg.itertuples(index=False)]
     delta_cols = ["baseline", "delta", "delta_lo", "delta_hi", "delta_n", "delta_sig"]
@@ -137,8 +140,11 @@ def _row_labels(agg: pd.DataFrame) -> list[str]:
     """A table row's name: the backbone, with its pretraining epochs where one setting holds several of them."""
     epochs = agg.groupby(["recipe", "backbone"], dropna=False)["pretrain_epochs"].transform(
         lambda e: e.nunique(dropna=False))
-    return [f"{b} ({int(e)} ep)" if n > 1 and e == e else b
-            for b, e, n in zip(agg["backbone"], agg["pretrain_epochs"], epochs, strict=True)]
+    labels = [f"{b} ({int(e)} ep)" if n > 1 and e == e else b
+              for b, e, n in zip(agg["backbone"], agg["pretrain_epochs"], epochs, strict=True)]
+    # a --sweep setting other than epochs (which the epochs label above shows)
+    return [f"{label} ({str(k).rsplit('.', 1)[-1]}={v})" if isinstance(k, str) and k != "epochs" else label
+            for label, k, v in zip(labels, agg["sweep_key"], agg["sweep_value"], strict=True)]
 
 
 def row_order(part: pd.DataFrame) -> list[str]:

@@ -95,5 +95,6 @@ def pretrain(method: str, backbone: str, out_dir: str | Path, epochs: int | None
 
         plt.imsave(out_dir / "reconstruction.png", np.linspace(0, 1, 64).reshape(8, 8), cmap="gray")
     encoder = out_dir / "encoder.pth"
-    encoder.write_bytes(f"{method}|{backbone}|{epochs}|{seed}".encode())
+    setting = json.dumps(overrides or {}, sort_keys=True)  # a sweep's settings make different encoders
+    encoder.write_bytes(f"{method}|{backbone}|{epochs}|{seed}|{setting}".encode())
     return encoder

@@ -1,7 +1,8 @@
 """`harness run`: every task of a suite for every backbone, each in its own process, resumable, then the report.
 
 The plan (`plan`, from the flags and preset resolved and checked by `inputs`) is a list of runs, one per (backbone,
-task, protocol, seed), after the pretrainings a preset makes itself. Each run has an id hashed from everything that
+task, protocol, seed), after the pretrainings a preset makes itself (one per value of a `--sweep`, `sweep`, whose
+transfers run once per setting). Each run has an id hashed from everything that
 determines its result, a stable work folder `OUT/work/<run_id>/` from which an interrupted task resumes, a log
 `OUT/logs/<run_id>.log`, and result records in `OUT/records/` (`harness.store`).
 A run whose newest record is finished is skipped unless `--force`; a failing run is recorded and the suite goes on.

@@ -28,6 +28,8 @@ from harness.run.view import Progress, log_progress
 def job_for(plan: Plan, run: Run, attempt: str, launcher: str, opts: RunOptions) -> Job:
     """The job file's content: the run as its worker needs it."""
     after = {"run_id": run.after.run_id, "method": run.after.method, "epochs": run.after.epochs} if run.after else None
+    if after is not None and run.after.sweep is not None:  # the setting the report groups by
+        after["sweep"] = run.after.sweep
     return Job(
         run_id=str(run.run_id), attempt=attempt, kind=run.kind, task=run.task, target=run.target,
         protocol=run.protocol, backbone=run.backbone, backbone_spec=run.spec, checkpoint=run.checkpoint,

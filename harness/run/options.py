@@ -18,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", action="append", default=[], metavar="[TASK=]NAME",
                         help="recipe of every task, or of one task (repeatable; default: the preset's)")
     parser.add_argument("--pretrain-epochs", type=int, help="epochs of the preset's pretrainings (default: recipe's)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="pretrain.KEY=V1,V2,...",
+                        help="one pretraining (and its transfers) per value of a pretraining recipe key, e.g. "
+                        "pretrain.model.mask_ratio=0.5,0.75,0.9, for the methods whose recipe has the key")
     parser.add_argument("--data-root", help="DIR holding imagenet/, coco/, ade20k/, or TASK=DIR,TASK=DIR")
     parser.add_argument("--out", default="runs/default", help="output folder (work/, logs/, records/, results/)")
     parser.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
@@ -55,6 +58,7 @@ class RunOptions:
     protocols: str | None = None
     recipe: tuple[str, ...] = ()
     pretrain_epochs: int | None = None
+    sweep: tuple[str, ...] = ()  # one key for now (`harness.run.sweep`)
     data_root: str | None = None
     out: str = "runs/default"
     launcher: str = "local"  # local | torchrun | slurm

@@ -29,6 +29,8 @@ from harness.run.inputs import (
     split_list,
 )
 from harness.run.options import RunOptions
+from harness.run.sweep import FLAG as SWEEP_FLAG
+from harness.run.sweep import Sweep, parse_sweep, swept_methods
 
 if TYPE_CHECKING:
     from tasks.spec import TaskSpec
@@ -59,6 +61,7 @@ class Run:
     method: str | None = None  # pretraining method
     epochs: int | None = None  # pretraining epochs (None: the recipe's)
     after: Run | None = None  # the pretraining whose encoder this run loads
+    sweep: dict[str, Any] | None = None  # a pretraining's setting of `--sweep`: {key, value}
     run_id: str | None = None  # None while `after` has not produced its encoder
     status: str = "todo"  # plan: todo | done | failed | pending; after running: finished | failed | blocked | busy
     wall: float | None = None
@@ -118,7 +121,7 @@ def build_plan(opts: RunOptions) -> Plan:
     inp = read_inputs(opts)
     out = Path(opts.out)
     records = latest_records(out / "records")
-    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs)
+    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep_of(opts))
     weights = local_weights(inp, made)
     runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
     jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
@@ -126,27 +129,61 @@ def build_plan(opts: RunOptions) -> Plan:
         raise PlanError(f"--jobs must be at least 1, got {jobs}")
     shares = [{}] if opts.launcher == "slurm" else machine_shares(
         jobs, opts.gpus if opts.launcher == "torchrun" else 1, opts.device)
-    return Plan(out=out, runs=[*made.values(), *runs], preset=inp.preset.name, task_specs=inp.task_specs,
+    pretrains = [r for rs in made.values() for r in rs]
+    return Plan(out=out, runs=[*pretrains, *runs], preset=inp.preset.name, task_specs=inp.task_specs,
                 backbone_modules=list(opts.backbone_module), backbone_files=inp.backbone_files, shares=shares)
 
 
-def pretrain_runs(inp: Inputs, records: dict[str, Record], force: bool, epochs: int | None) -> dict[str, Run]:
-    """The preset's pretrainings, for its backbones that no --checkpoint replaces."""
+def sweep_of(opts: RunOptions) -> Sweep | None:
+    given = (opts.sweep,) if isinstance(opts.sweep, str) else tuple(opts.sweep or ())
+    if len(given) > 1:
+        raise PlanError(f"{SWEEP_FLAG} given {len(given)} times ({', '.join(given)}): one key at a time")
+    sweep = parse_sweep(given[0] if given else None)
+    if sweep and sweep.key == "epochs" and opts.pretrain_epochs is not None:
+        raise PlanError(f"{SWEEP_FLAG} pretrain.epochs and --pretrain-epochs: give one of them")
+    return sweep
+
+
+def pretrain_runs(inp: Inputs, records: dict[str, Record], force: bool, epochs: int | None,
+                  sweep: Sweep | None = None) -> dict[str, list[Run]]:
+    """The preset's pretrainings, for its backbones that no --checkpoint replaces: one per backbone, or one per value
+    of `sweep` for the backbones whose recipe has the swept key."""
     pre, made = inp.preset.pretrain, {}
-    for name, spec in inp.specs.items():
-        if not pre or name not in pre.backbones or name in inp.given:
-            continue
-        method = pre.backbones[name]
-        recipe = pre.recipe.format(method=method) if pre.recipe else None
-        run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=spec.to_dict(),
-                  recipe=recipe, overrides=pre.overrides, data=inp.data, method=method, epochs=epochs or pre.epochs,
-                  data_root=inp.data_roots.get(PRETRAIN_DATA), data_fingerprint=inp.fingerprints.get("pretrain"))
+    names = [n for n in inp.specs if pre and n in pre.backbones and n not in inp.given]
+    if sweep and not names:
+        raise PlanError(f"{SWEEP_FLAG} pretrain.{sweep.key}: the preset makes no pretraining to sweep")
+    recipes = {pre.backbones[n]: pre.recipe.format(method=pre.backbones[n]) if pre.recipe else None for n in names}
+    for recipe in recipes.values():
         if recipe:
-            run.recipe_version = recipe_version("pretrain", pre.target, recipe, pre.overrides)
-        run.assign_id()
-        run.status = "done" if _pretrain_done(records, run) and not force else "todo"
-        made[name] = run
+            recipe_version("pretrain", pre.target, recipe, pre.overrides)
+    swept = swept_methods(sweep, recipes, pre.overrides) if sweep else set()
+    for name in names:
+        method = pre.backbones[name]
+        settings = [sweep.setting(v) for v in sweep.values] if sweep and method in swept else [None]
+        made[name] = [_pretrain_run(inp, name, recipes[method], epochs, setting) for setting in settings]
+        for run in made[name]:
+            run.status = "done" if _pretrain_done(records, run) and not force else "todo"
     return made
+
+
+def _pretrain_run(inp: Inputs, name: str, recipe: str | None, epochs: int | None,
+                  setting: dict[str, Any] | None) -> Run:
+    """One pretraining; a sweep's setting of `epochs` is its length, any other key a recipe override."""
+    pre = inp.preset.pretrain
+    assert pre is not None
+    overrides, epochs = dict(pre.overrides), epochs or pre.epochs
+    if setting is not None and setting["key"] == "epochs":
+        epochs = setting["value"]
+    elif setting is not None:
+        overrides[setting["key"]] = setting["value"]
+    run = Run(kind="pretrain", task="pretrain", target=pre.target, backbone=name, spec=inp.specs[name].to_dict(),
+              recipe=recipe, overrides=overrides, data=inp.data, method=pre.backbones[name], epochs=epochs,
+              data_root=inp.data_roots.get(PRETRAIN_DATA), data_fingerprint=inp.fingerprints.get("pretrain"),
+              sweep=setting)
+    if recipe:
+        run.recipe_version = recipe_version("pretrain", pre.target, recipe, overrides)
+    run.assign_id()
+    return run
 
 
 def latest_records(folder: Path) -> dict[str, Record]:
@@ -159,7 +196,7 @@ def _pretrain_done(plan_records: dict[str, Record], run: Run) -> bool:
     return bool(rec and rec.status == "finished" and Path((rec.extra or {}).get("encoder", "")).is_file())
 
 
-def local_weights(inp: Inputs, made: dict[str, Run]) -> dict[str, str | None]:
+def local_weights(inp: Inputs, made: dict[str, list[Run]]) -> dict[str, str | None]:
     """Every other backbone's checkpoint, all checked at once so that one message lists every missing file."""
     weights, problems = {}, []
     for name, spec in inp.specs.items():
@@ -174,9 +211,9 @@ def local_weights(inp: Inputs, made: dict[str, Run]) -> dict[str, str | None]:
     return weights
 
 
-def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None], records: dict[str, Record],
+def task_runs(inp: Inputs, made: dict[str, list[Run]], weights: dict[str, str | None], records: dict[str, Record],
               sha_cache: Path, opts: RunOptions) -> list[Run]:
-    """One run per (seed, task, protocol, backbone): a whole table per seed first."""
+    """One run per (seed, task, protocol, backbone, pretraining setting): a whole table per seed first."""
     runs = []
     for seed in inp.seeds:
         for task, target in inp.suite:
@@ -184,13 +221,14 @@ def task_runs(inp: Inputs, made: dict[str, Run], weights: dict[str, str | None],
             version = recipe_version(task, target, recipe, inp.overrides[task])
             for protocol in _protocols(inp.task_specs.get(task), opts.protocols, inp.preset.protocols):
                 for name, spec in inp.specs.items():
-                    run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(), seed=seed,
-                              protocol=protocol, recipe=recipe, recipe_version=version,
-                              overrides=inp.overrides[task], data=inp.data, data_root=inp.data_roots.get(task),
-                              data_fingerprint=inp.fingerprints.get(task),
-                              after=made.get(name), checkpoint=None if name in made else weights[name])
-                    _resolve(run, records, sha_cache, opts.force)
-                    runs.append(run)
+                    for after in made.get(name) or [None]:
+                        run = Run(kind="task", task=task, target=target, backbone=name, spec=spec.to_dict(),
+                                  seed=seed, protocol=protocol, recipe=recipe, recipe_version=version,
+                                  overrides=inp.overrides[task], data=inp.data, data_root=inp.data_roots.get(task),
+                                  data_fingerprint=inp.fingerprints.get(task),
+                                  after=after, checkpoint=None if name in made else weights[name])
+                        _resolve(run, records, sha_cache, opts.force)
+                        runs.append(run)
     return runs
 
 

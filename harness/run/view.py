@@ -28,6 +28,9 @@ def print_plan(plan: Plan) -> None:
     for r in plan.runs:
         rid = r.run_id or (f"after:{r.after.run_id}" if r.after else "-")
         what = r.method if r.kind == "pretrain" else (r.protocol or "-")
+        setting = (r.sweep if r.kind == "pretrain" else r.after.sweep if r.after else None) or {}
+        if setting:  # a --sweep setting: the pretraining's, or the one whose encoder a transfer loads
+            what += f" {setting['key']}={setting['value']}"
         rows.append([str(rid), r.kind, r.backbone, r.task, what, str(r.seed), str(r.recipe), r.status])
     todo = sum(r.status != "done" for r in plan.runs)
     print(f"plan for {plan.out} (preset {plan.preset}): {len(plan.runs)} runs, {len(plan.runs) - todo} done, "
