@@ -143,12 +143,16 @@ def _task_section(task: str, stems: list[str], tables: dict[str, pd.DataFrame], 
 # --- figures and the published numbers ---
 
 CAPTIONS = {"trend_vs_epochs": "accuracy against pretraining epochs", "trend_vs_size": "accuracy against model size",
-            "pretrain_loss": "pretraining loss: the mean over seeds, a band of ± 1 std"}
+            "pretrain_loss": "pretraining loss: the mean over seeds, a band of ± 1 std",
+            "partial_k": "partial fine-tuning: top-1 against K, the number of tuned blocks"}
 
 
 def _caption(stem: str) -> str:
     if stem.startswith("reconstruction_"):
         return f"MAE reconstruction, {stem.removeprefix('reconstruction_')}: original, masked, reconstructed"
+    if stem.startswith("sweep_"):  # harness.sweeps: one panel per column, one line per backbone
+        return f"top-1 against the swept pretraining setting {stem.removeprefix('sweep_')}: the mean over seeds, " \
+               "error bars the 95% t-interval (n ≥ 2)"
     return CAPTIONS.get(stem, stem.replace("_", " "))
 
 
