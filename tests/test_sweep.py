@@ -95,7 +95,8 @@ def test_records_carry_the_setting(tmp_path, monkeypatch) -> None:
     assert frame.attrs["exit_status"] == 0
     swept = frame[frame["backbone"] == "mae_vit_tiny_patch4"]["sweep"].dropna()
     assert sorted(s["value"] for s in swept) == [0.5, 0.5, 0.9, 0.9]  # two protocols per setting
-    assert "sweep model mask ratio" in (out / "results" / "index.html").read_text()  # the curve, inlined
+    page = (out / "results" / "index.html").read_text()
+    assert "top-1 against the swept pretraining setting model_mask_ratio" in page  # the curve, inlined
     recs = latest(out).values()
     pre = {r["run_id"]: r for r in recs if r["kind"] == "pretrain"}
     tasks = [r for r in recs if r["kind"] == "task" and r["backbone"]["name"] == "mae_vit_tiny_patch4"]
