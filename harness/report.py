@@ -179,10 +179,11 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
 # --- aggregating ---
 
 
-def table_title(table: str, recipe: str, top1: str = "last", specs: dict[str, TaskSpec] | None = None) -> str:
+def table_title(table: str, recipe: str, top1: str = "last", specs: dict[str, TaskSpec] | None = None,
+                embedded: bool = False) -> str:
     spec = _specs(specs)[table]
     epoch = f", {top1} epoch" if spec.best_metrics else ""
-    return spec.title + epoch + (f", recipe {recipe}" if recipe else "")
+    return spec.data_title(embedded) + epoch + (f", recipe {recipe}" if recipe else "")
 
 
 def table_parts(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None
@@ -290,13 +291,15 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1
+    summary.attrs["embedded"] = results.embedded_tasks(recs)
     written: list[Path] = []
     index = ["# Results\n", f"{len(frame['run_id'].unique())} runs in {records_dir(records)}: "
              f"{(frame.drop_duplicates('run_id')['status'] == 'finished').sum()} finished, "
              f"{(frame.drop_duplicates('run_id')['status'] == 'failed').sum()} failed.\n",
              INTERVAL_NOTE + "\n"]
     parts = table_parts(summary, specs)
-    titles = {stem: table_title(table, recipe, top1, specs) for stem, table, recipe, _, _ in parts}
+    titles = {stem: table_title(table, recipe, top1, specs, table in summary.attrs["embedded"])
+              for stem, table, recipe, _, _ in parts}
     shown = []
     for name, table in tables(summary, specs).items():
         title = titles[name]
@@ -361,7 +364,8 @@ def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, A
     labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
     bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
     for _, table, recipe, part, present in table_parts(summary, specs):
-        title = table_title(table, recipe, summary.attrs.get("in1k_top1", "last"), specs)
+        title = table_title(table, recipe, summary.attrs.get("in1k_top1", "last"), specs,
+                            table in summary.attrs.get("embedded", ()))
         bars.setdefault(table, []).append((title, part, present))
     latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 FIELDS: dict[str, Any] = {
     "run_id": True, "attempt": True, "status": True, "kind": True, "task": True, "protocol": True, "seed": True,
     "metrics": True, "recipe_name": True, "overrides": True, "method": True, "error": True, "log": True,
-    "wall_time_s": True, "finished_at": True,
+    "wall_time_s": True, "finished_at": True, "data_root": True,
     "recipe": {"name": True, "epochs": True, "partial": {"blocks": True}},
     "backbone": {"name": True, "pretrain": True,
                  "spec": {"family": True, "paper_name": True, "arch": True, "arch_kwargs": True,
@@ -269,3 +269,9 @@ def write_json(path: Path, runs: pd.DataFrame, summary: pd.DataFrame, tables: li
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def embedded_tasks(records: list[dict[str, Any]]) -> frozenset[str]:
+    """Tasks whose runs all read the embedded Fashion-MNIST sets: no record of theirs names a data root."""
+    real = {r.get("task") for r in records if r.get("data_root")}
+    return frozenset({str(r.get("task")) for r in records if r.get("kind") != "pretrain"} - real)

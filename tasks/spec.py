@@ -99,6 +99,15 @@ class TaskSpec:
     order: int = 100  # the place of its table in the report (and of its runs in the summary's metric lookup)
     path: str | None = None  # the file it was read from
 
+    def data_title(self, embedded: bool) -> str:
+        """The table's title; for runs on the embedded Fashion-MNIST sets, the data set whose layout they borrow is
+        named as a layout ("ImageNet-1K top-1 (%)" -> "Fashion-MNIST in the ImageNet layout: top-1 (%)")."""
+        word = self.title.split()[0] if self.title else ""
+        folder = self.data.folder if self.data else ""
+        if not embedded or not folder or not word.lower().startswith(folder.lower()):
+            return self.title
+        return f"Fashion-MNIST in the {word[:len(folder)]} layout:{self.title[len(word):]}"
+
     @property
     def best_metrics(self) -> bool:
         """Whether the table can show the best epoch's values instead of the last's."""

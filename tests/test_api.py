@@ -24,7 +24,8 @@ def test_run_suite_and_report_on_the_dummy_task(tmp_path: Path, capsys) -> None:
     row = frame[(frame["backbone"] == TINY[0]) & (frame["seed"] == 1)].iloc[0]
     assert row["metrics.top1"] == pytest.approx(score(TINY[0], "finetune", 1, 50.0))
     printed = capsys.readouterr().out
-    assert "### ImageNet-1K top-1 (%), last epoch" in printed and "| supervised_vit_tiny_patch4 |" in printed
+    assert "### Fashion-MNIST in the ImageNet layout: top-1 (%), last epoch" in printed  # embedded data, named so
+    assert "| supervised_vit_tiny_patch4 |" in printed
     got = api.report(out, tmp_path / "res", formats=["csv"], plots=False)
     table = next(iter(got["tables"].values()))
     assert list(table["backbone"]) == [TINY[1], TINY[0]]  # the supervised baseline first

@@ -75,3 +75,13 @@ def test_the_runner_s_modules_import_in_one_direction() -> None:
 def test_specs_and_training_import_nothing_of_the_harness() -> None:
     for module in ("spec.py", "training.py", "__init__.py"):
         assert not {m for m in _imports(ROOT / "tasks" / module) if m.split(".")[0] == "harness"}, module
+
+
+def test_a_table_of_embedded_runs_names_the_data_it_read() -> None:
+    from tasks.spec import builtin_specs
+
+    specs = builtin_specs()
+    assert specs["in1k"].data_title(False) == specs["in1k"].title == "ImageNet-1K top-1 (%)"
+    assert specs["in1k"].data_title(True) == "Fashion-MNIST in the ImageNet layout: top-1 (%)"
+    assert specs["coco"].data_title(True) == "Fashion-MNIST in the COCO layout: Mask R-CNN AP (%)"
+    assert specs["ade20k"].data_title(True) == "Fashion-MNIST in the ADE20K layout: UperNet mIoU (%)"

@@ -131,7 +131,9 @@ def _task_section(task: str, stems: list[str], tables: dict[str, pd.DataFrame], 
     blocks = []
     for stem in stems:
         title = titles.get(stem, stem)
-        if embedded and names and title.startswith(names[0]):  # the borrowed name is not the data's
+        if title.startswith(f"{heading}:"):  # the heading names the data already
+            title = title[len(heading) + 1:].strip()
+        elif embedded and names and title.startswith(names[0]):  # the borrowed name is not the data's
             title = title[len(names[0]):].strip(" ,")
         blocks.append(f"<h3>{esc(title)}</h3>{markup.table(tables[stem], f'table-{anchor(stem)}')}")
     caption = f"{task}: the mean over seeds, error bars the 95% t-interval (n ≥ 2), dashed lines the from-scratch floor"
