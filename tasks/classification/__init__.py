@@ -19,8 +19,10 @@ are mappings `{base: .., large: .., huge: ..}`, resolved from the backbone's wid
 part whose input is not augmented can be computed once (`cache_features`): the tiny recipes train heads and last
 blocks on cached features. With `harness run --log-backend`, each epoch's loss, lr, top-1 and top-5 also go to
 TensorBoard or W&B through mmengine's vis backends (`tasks.training.ScalarLog`, under the work dir; the
-step is the epoch). The val set is evaluated after every epoch, as MAE's scripts do: `top1` / `top5` are the last
-epoch's, `top1_best` / `top1_best_epoch` the best epoch's (MAE's logs print that maximum).
+step is the epoch). Each epoch's line of the history also holds its training throughput (`images_per_s`,
+`step_time_s` per micro batch, `data_wait_share`: the share of that time blocked on the loader) and `eta_s`; `cost`
+in the record sums them up over the run. The val set is evaluated after every epoch, as MAE's scripts do: `top1` /
+`top5` are the last epoch's, `top1_best` / `top1_best_epoch` the best epoch's (MAE's logs print that maximum).
 """
 
 from __future__ import annotations
@@ -178,13 +180,15 @@ def _epoch(r: _Loop, epoch: int) -> dict[str, Any]:
     seed_everything(seed * 1_000_003 + epoch * 1009 + r.dist_.rank)  # resume replays the same randomness
     loader = batches(r.data.train, r.p.micro, r.dist_, seed, epoch, r.data.workers, t.device, train=True)
     loss, _ = train_one_epoch(t, r.meter.timed("train", loader), epoch * r.per_epoch)
-    seconds = time.time() - t0
+    seconds, speed = time.time() - t0, r.meter.window("train")  # this epoch's images/s, step time, data-wait share
     top = _evaluate(r)
+    eta = round((time.time() - t0) * (r.p.cfg["epochs"] - epoch - 1), 3)  # at this epoch's pace, evaluation included
     if r.dist_.main:
-        log.info("%s epoch %d/%d loss %.4f top1 %.2f (%.1fs)", r.s.section, epoch + 1, r.p.cfg["epochs"], loss,
-                 top["top1"], seconds)
+        log.info("%s epoch %d/%d loss %.4f top1 %.2f (%.1fs, %s img/s, data wait %s, eta %.0fs)", r.s.section,
+                 epoch + 1, r.p.cfg["epochs"], loss, top["top1"], seconds, speed["images_per_s"],
+                 speed["data_wait_share"], eta)
     return {"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in t.optimizer.param_groups),
-            "seconds": seconds, **top}
+            "seconds": seconds, **top, **speed, "eta_s": eta}
 
 
 def _evaluate(r: _Loop) -> dict[str, float]:
