@@ -70,7 +70,7 @@ from tasks.classification.recipe import (
     resolve_section,
 )
 from tasks.cost import CostMeter
-from tasks.training import ScalarLog, seed_everything
+from tasks.training import ScalarLog, compile_model, enable_tf32, fused_optimizer, seed_everything
 
 __all__ = [  # the entry point, and the parts other code and the tests reach through the package
     "CHECKPOINT", "PROTOCOLS", "SIZES", "Classifier", "Dist", "MemoryImageFolder", "_accumulation", "_posterize",
@@ -96,7 +96,7 @@ def run(ctx: TaskContext) -> TaskResult:
 
 
 def _run(ctx: TaskContext, s: Setup, device: torch.device, dist_: Dist, t_start: float) -> TaskResult:
-    p = plan(s, dist_.world)
+    p = plan(s, dist_.world, device)
     seed_everything(ctx.seed)  # the same initial weights on every rank
     model, report = build_classifier(ctx, p.cfg, s.section, len(s.classes), s.img_size, s.blocks or 0)
     model.to(device)
@@ -123,7 +123,8 @@ def _run(ctx: TaskContext, s: Setup, device: torch.device, dist_: Dist, t_start:
         "num_classes": len(s.classes), "num_train": len(data.train), "num_val": len(data.val),
         "data_root": str(s.data_root), "cached_features": data.cached, "resumed_from_epoch": start_epoch,
         "history": history, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start,
-        "device": str(device), "rank": dist_.rank, "trainable_params": _trainable(r.trainer.optimizer),
+        "device": str(device), "compiled": p.compiled, "rank": dist_.rank,
+        "trainable_params": _trainable(r.trainer.optimizer),
         "cost": r.meter.summary(),  # micro-batch step time and peak memory, training and evaluation apart
     }
     if dist_.main:
@@ -149,7 +150,9 @@ class _Loop:
 def _trainer(model: Classifier, s: Setup, p: Plan, cached: bool, dist_: Dist, device: torch.device,
              per_epoch: int) -> Trainer:
     """The optimizer, the DDP wrapper, the schedule, mixup and the loss, in the order their state is created."""
-    optimizer = build_optimizer(model, p.cfg, p.lr)
+    optimizer = build_optimizer(model, p.cfg, p.lr, fused=fused_optimizer(device))
+    enable_tf32(device)
+    compile_model(model, p.compiled)  # before DDP wraps it; state dict names unchanged
     wrapped: nn.Module = model
     if dist_.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
