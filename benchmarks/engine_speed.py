@@ -15,6 +15,7 @@ training logs' `data_wait_share` says how much a real run waits for data).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ def mae_step(arch: str, recipe: str, batch: int, device: torch.device, engine: b
     amp = cfg.get("amp", "bf16")
 
     def step() -> None:
+        _tf32(device, engine)
         with autocast(device, amp):
             loss = model.training_loss((imgs,), 0.0)
         loss.backward()
@@ -71,6 +73,7 @@ def finetune_step(arch: str, batch: int, device: torch.device, engine: bool, com
     labels = torch.randint(0, 1000, (batch,), device=device)
 
     def step() -> None:
+        _tf32(device, engine)
         with autocast(device, "bf16"):
             loss = F.cross_entropy(model(imgs).float(), labels)
         loss.backward()
@@ -80,19 +83,33 @@ def finetune_step(arch: str, batch: int, device: torch.device, engine: bool, com
     return step
 
 
+def _tf32(device: torch.device, on: bool) -> None:
+    """TF32 is a global switch: each configuration's steps set it as that configuration has it."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+
+
 def _flag(value: str) -> str | bool:
     return {"true": True, "false": False}.get(value, value)
 
 
-def images_per_s(step: Step, batch: int, device: torch.device, warmup: int, steps: int) -> float:
-    for _ in range(warmup):  # the first compiled steps compile
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return batch * steps / (time.perf_counter() - t0)
+def images_per_s(steps: dict[str, Step], batch: int, device: torch.device, warmup: int, n: int,
+                 rounds: int) -> dict[str, float]:
+    """Median images/s of each configuration over `rounds` rounds of `n` steps, the configurations taking turns in
+    every round, so that a machine whose load drifts (a shared CPU) weighs on both alike."""
+    for step in steps.values():
+        for _ in range(warmup):  # the first compiled steps compile
+            step()
+    rates: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            _sync(device)
+            rates[name].append(batch * n / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -110,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto", choices=("auto", "true", "false"), help="the engine side's recipe key")
     p.add_argument("--batch", type=int, default=None, help="default: 64 on CPU, 256 on CUDA")
     p.add_argument("--warmup", type=int, default=None, help="default: 3 on CPU, 10 on CUDA")
-    p.add_argument("--steps", type=int, default=None, help="default: 10 on CPU, 30 on CUDA")
+    p.add_argument("--steps", type=int, default=None, help="per round; default: 5 on CPU, 20 on CUDA")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds, eager and engine taking turns")
     p.add_argument("--tasks", default="mae,finetune", help="comma-separated: mae, finetune")
     args = p.parse_args(argv)
     device, gpu = torch.device(args.device), args.device == "cuda"
@@ -119,24 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     arch = args.arch or ("mae_vit_base_patch16" if gpu else "mae_vit_tiny_patch4")
     recipe = args.recipe or ("mae_paper" if gpu else "mae_tiny")
     batch, warmup, steps = args.batch or (256 if gpu else 64), args.warmup or (10 if gpu else 3), args.steps or (
-        30 if gpu else 10)
+        20 if gpu else 5)
     compiled = resolve_compile(_flag(args.compile), device)
     where = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{arch} on {where}, batch {batch}, torch {torch.__version__}; engine: compile={args.compile} "
           f"({'on' if compiled else 'off'}), fused AdamW {'on' if fused_optimizer(device) else 'off'}", flush=True)
     rows = []
     for task in args.tasks.split(","):
-        speeds = {}
-        for engine in (False, True):  # eager first
-            if task == "mae":
-                step = mae_step(arch, recipe, batch, device, engine, args.compile)
-            else:
-                step = finetune_step(arch, batch, device, engine, args.compile)
-            speeds[engine] = images_per_s(step, batch, device, warmup, steps)
-            print(f"  {task} {'engine' if engine else 'eager'}: {speeds[engine]:.1f} img/s", flush=True)
-            del step
-            torch._dynamo.reset()
-        rows.append((task, speeds[False], speeds[True], speeds[True] / speeds[False]))
+        if task == "mae":
+            built = {k: mae_step(arch, recipe, batch, device, k == "engine", args.compile) for k in ("eager", "engine")}
+        else:
+            built = {k: finetune_step(arch, batch, device, k == "engine", args.compile) for k in ("eager", "engine")}
+        speeds = images_per_s(built, batch, device, warmup, steps, args.rounds)
+        print(f"  {task}: eager {speeds['eager']:.1f} img/s, engine {speeds['engine']:.1f} img/s", flush=True)
+        del built
+        torch._dynamo.reset()
+        rows.append((task, speeds["eager"], speeds["engine"], speeds["engine"] / speeds["eager"]))
     print("\n| step | eager img/s | engine img/s | ratio |\n|---|---|---|---|")
     for task, eager, fast, ratio in rows:
         print(f"| {task} | {eager:.1f} | {fast:.1f} | {ratio:.2f}x |")

@@ -83,3 +83,56 @@ def _spec(name: str = "mae_vit_tiny_patch4"):
     from backbones.registry import get_spec
 
     return get_spec(name)
+
+
+def _one_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    torch.manual_seed(1)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_fused_adamw_takes_the_same_step() -> None:
+    """The fused path, run on CPU (torch has a CPU kernel): pretraining's and in1k's AdamW, the same update."""
+    from tasks import TaskContext
+    from tasks import classification as cls
+
+    cfg = resolve_recipe("mae", overrides={"model.decoder_depth": 1})
+    after = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build_method("mae", _spec(), cfg)
+        optimizer, _ = build_optimizer(model, cfg, 256, fused=fused)
+        assert bool(optimizer.defaults["fused"]) is fused
+        after.append(_one_step(optimizer, [p for p in model.parameters() if p.requires_grad]))
+    for a, b in zip(*after, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+    section = cls.resolve_section(load_recipe("in1k", "paper"), "finetune", "base")
+    model, _ = cls.build_classifier(TaskContext(backbone="test_vit", work_dir=Path(".")), section, "finetune", 10, 32,
+                                    0)
+    assert cls.build_optimizer(model, section, 1e-3, fused=True).defaults["fused"] is True
+    assert not cls.build_optimizer(model, section, 1e-3).defaults.get("fused")
+
+
+@pytest.mark.slow
+def test_compiled_finetune_runs(tmp_path: Path) -> None:
+    """in1k fine-tuning of test_vit with compile=true on CPU: trains, records that it compiled, same state dict keys."""
+    from embedded import imagenet
+    from tasks import TaskContext
+    from tasks import classification as cls
+
+    data = imagenet.write(tmp_path / "data", n_train_per_class=8, n_val_per_class=4)
+    results = {}
+    for on in (False, True):
+        ctx = TaskContext(backbone="test_vit", work_dir=tmp_path / str(on), recipe="tiny", data_root=data,
+                          protocol="finetune", overrides={"data.micro_batch_size": 16, "finetune.epochs": 1,
+                                                          "finetune.batch_size": 16, "finetune.drop_path": 0.0,
+                                                          "compile": on})
+        results[on] = cls.run(ctx)
+    assert results[True].extra["compiled"] is True and results[False].extra["compiled"] is False
+    assert results[True].extra["history"][0]["loss"] == pytest.approx(results[False].extra["history"][0]["loss"],
+                                                                      rel=1e-3)
+    weights = torch.load(tmp_path / "True" / cls.CHECKPOINT, weights_only=True)["model"]
+    assert not any("_orig_mod" in k for k in weights)  # compiled in place: the checkpoint keeps the model's names
