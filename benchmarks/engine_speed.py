@@ -94,12 +94,17 @@ def _flag(value: str) -> str | bool:
 
 
 def images_per_s(steps: dict[str, Step], batch: int, device: torch.device, warmup: int, n: int,
-                 rounds: int) -> dict[str, float]:
+                 rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median images/s of each configuration over `rounds` rounds of `n` steps, the configurations taking turns in
-    every round, so that a machine whose load drifts (a shared CPU) weighs on both alike."""
-    for step in steps.values():
+    every round, so that a machine whose load drifts (a shared CPU) weighs on both alike; and the seconds of each
+    one's warmup steps (with compile: the compilation, which a short run pays once)."""
+    warm: dict[str, float] = {}
+    for name, step in steps.items():
+        t0 = time.perf_counter()
         for _ in range(warmup):  # the first compiled steps compile
             step()
+        _sync(device)
+        warm[name] = time.perf_counter() - t0
     rates: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -109,7 +114,7 @@ def images_per_s(steps: dict[str, Step], batch: int, device: torch.device, warmu
                 step()
             _sync(device)
             rates[name].append(batch * n / (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in rates.items()}
+    return {k: statistics.median(v) for k, v in rates.items()}, warm
 
 
 def _sync(device: torch.device) -> None:
@@ -148,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             built = {k: mae_step(arch, recipe, batch, device, k == "engine", args.compile) for k in ("eager", "engine")}
         else:
             built = {k: finetune_step(arch, batch, device, k == "engine", args.compile) for k in ("eager", "engine")}
-        speeds = images_per_s(built, batch, device, warmup, steps, args.rounds)
-        print(f"  {task}: eager {speeds['eager']:.1f} img/s, engine {speeds['engine']:.1f} img/s", flush=True)
+        speeds, warm = images_per_s(built, batch, device, warmup, steps, args.rounds)
+        print(f"  {task}: eager {speeds['eager']:.1f} img/s, engine {speeds['engine']:.1f} img/s; {warmup} warmup "
+              f"steps {warm['eager']:.1f} s eager, {warm['engine']:.1f} s engine", flush=True)
         del built
         torch._dynamo.reset()
         rows.append((task, speeds["eager"], speeds["engine"], speeds["engine"] / speeds["eager"]))
