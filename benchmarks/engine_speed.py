@@ -58,12 +58,13 @@ def mae_step(arch: str, recipe: str, batch: int, device: torch.device, engine: b
 
 
 def finetune_step(arch: str, batch: int, device: torch.device, engine: bool, compile_: str) -> Step:
-    """One in1k fine-tuning step: the registry's ViT with a 1000-class head, AdamW over every parameter."""
-    from backbones.checkpoint import create_backbone
+    """One in1k fine-tuning step: the registry's ViT (random weights: speed does not depend on them) with a
+    1000-class head, AdamW over every parameter."""
+    from backbones.checkpoint import build_model
 
     spec = get_spec(arch)
     torch.manual_seed(0)
-    model = create_backbone(arch, num_classes=1000, global_pool="avg").to(device).train()
+    model = build_model(spec, num_classes=1000, global_pool="avg").to(device).train()
     kwargs = {"fused": True} if engine and fused_optimizer(device) else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, **kwargs)
     if engine:

@@ -136,3 +136,18 @@ def test_compiled_finetune_runs(tmp_path: Path) -> None:
                                                                       rel=1e-3)
     weights = torch.load(tmp_path / "True" / cls.CHECKPOINT, weights_only=True)["model"]
     assert not any("_orig_mod" in k for k in weights)  # compiled in place: the checkpoint keeps the model's names
+
+
+def test_engine_speed_benchmark_prints_the_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    """The benchmark's plumbing (one short eager-vs-engine round on CPU), not its figures."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_speed.py"
+    spec = importlib.util.spec_from_file_location("engine_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--device", "cpu", "--batch", "4", "--warmup", "1", "--steps", "1", "--rounds", "1",
+                        "--compile", "false"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith(("| mae |", "| finetune |"))]
+    assert len(rows) == 2 and all(ln.rstrip(" |").endswith("x") for ln in rows)
