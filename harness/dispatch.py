@@ -99,6 +99,9 @@ def run_pretrain(job: Job, device: str) -> tuple[dict[str, Any], dict[str, Any],
     recon = out_dir / "reconstruction.png"
     extra = {"encoder": str(encoder), "encoder_sha256": provenance.file_sha256(encoder),
              "log_jsonl": str(out_dir / "log.jsonl"), "reconstruction": str(recon) if recon.is_file() else None}
+    cost = out_dir / "cost.json"  # step time, images/s, data-wait share of the training loop (harness.pretrain.engine)
+    if cost.is_file():
+        extra["cost"] = json.loads(cost.read_text())
     resolve = getattr(sys.modules.get(fn.__module__), "resolve_recipe", None)  # harness.pretrain has one
     if resolve is not None:
         recipe = resolve(job.method, job.recipe, overrides, job.epochs)

@@ -5,7 +5,9 @@ nested settings. `include: base.yaml` (or a list) merges the named files first, 
 dotted keys (`optim.lr=1e-3`) applied last; an override of a key that no recipe level defines is an error, so a typo
 cannot silently do nothing, and so is a value of another kind than the recipe's (`_allowed`: an integer for an integer,
 a finite number for a number, not negative where the recipe's is not), so that a bad value fails while planning.
-Null (the recipe's "default" or "off") may replace a value where some recipe of the same task writes null.
+Null (the recipe's "default" or "off") may replace a value where some recipe of the same task writes null. A few
+top-level keys take one of a fixed set of values of mixed kinds (`compile: auto|true|false`): a file or an override
+with another value fails while planning, naming the key.
 """
 
 from __future__ import annotations
@@ -18,8 +20,18 @@ from typing import Any
 import yaml
 
 from backbones.yamlio import load_yaml_mapping, yaml11_float
+from tasks.training import COMPILE_CHOICES
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+CHOICES: dict[str, tuple[Any, ...]] = {"compile": COMPILE_CHOICES}  # top-level key -> the values it takes
+
+
+def _choice_error(key: str, value: Any, source: str) -> str | None:
+    choices = CHOICES.get(key)
+    if choices is None or any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        return None
+    allowed = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+    return f"recipe key {key}={value!r} in {source}: allowed: {allowed}"
 
 
 def recipe_path(task: str, name: str) -> Path:
@@ -126,6 +138,11 @@ def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], source: s
             node = node[p]
         if leaf not in node:
             raise KeyError(f"override {dotted!r}: {source} has no key {leaf!r} (known: {', '.join(sorted(node))})")
+        if dotted in CHOICES:
+            if error := _choice_error(dotted, value, source):
+                raise ValueError(f"override {error}")
+            node[leaf] = value
+            continue
         allowed = None if value is None and dotted in nullable else _allowed(node[leaf], value)
         if allowed:
             raise ValueError(f"override {dotted}={value!r}: {source} has {node[leaf]!r} there; allowed: {allowed}")
@@ -140,5 +157,8 @@ def load_recipe(task: str, name: str, overrides: dict[str, Any] | None = None) -
     if "version" not in recipe:
         raise ValueError(f"recipe {path} has no 'version'")
     recipe = apply_overrides(recipe, overrides or {}, str(path), nullable_keys(task) if overrides else frozenset())
+    for key in CHOICES.keys() & recipe.keys():
+        if error := _choice_error(key, recipe[key], str(path)):
+            raise ValueError(error)
     recipe.setdefault("name", path.stem)
     return recipe

@@ -1,5 +1,6 @@
 """What the training loops of the tasks and of pretraining share: the log backends (TensorBoard, W&B through
-mmengine's vis backends), an atomic `torch.save`, bf16 autocast on CUDA and seeding.
+mmengine's vis backends), an atomic `torch.save`, bf16 autocast on CUDA, seeding, and the speed options (the
+`compile` recipe key, fused AdamW and TF32 on CUDA).
 
 The checkpoint and autocast helpers follow facebookresearch/mae (`util/misc.py`'s `save_model`, `main_finetune.py`'s
 `torch.cuda.amp.autocast`); the vis backends are mmengine's, built as its `Runner` builds them. torch is imported on
@@ -128,3 +129,42 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# --- speed: torch.compile, fused AdamW, TF32 ----------------------------------------------------------------------
+
+COMPILE_CHOICES = ("auto", True, False)  # the recipe key `compile`
+# `auto` compiles on CUDA; on CPU only if benchmarks/engine_speed.py --device cpu measured a gain for the tiny ViTs
+# (it did not on 2 cores: see the README's Performance paragraph)
+COMPILE_ON_CPU = False
+
+
+def resolve_compile(value: Any, device: torch.device) -> bool:
+    """Whether to `torch.compile` the model for recipe value `value` ('auto', true, false) on `device`."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in COMPILE_CHOICES):
+        raise ValueError(f"recipe key compile must be auto, true or false, not {value!r}")
+    if value == "auto":
+        return device.type == "cuda" or COMPILE_ON_CPU
+    return bool(value)
+
+
+def fused_optimizer(device: torch.device) -> bool:
+    """torch's fused AdamW: one kernel for every parameter's update, CUDA only (its CPU kernel is no faster)."""
+    return device.type == "cuda"
+
+
+def compile_model(model: torch.nn.Module, enabled: bool) -> None:
+    """Compiles `model`'s forward in place (`nn.Module.compile`: its state dict keeps its names) with static shapes:
+    the training loaders drop their last incomplete batch, so a shape change, and a recompilation, is an evaluation's
+    last batch only."""
+    if enabled:
+        model.compile(dynamic=False)
+
+
+def enable_tf32(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA, for what runs outside bf16 autocast (fp32 recipes, the loss)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

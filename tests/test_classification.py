@@ -126,7 +126,13 @@ def test_linear_probe_trains_only_the_head(data: Path, tmp_path: Path) -> None:
         }  # BatchNorm1d without affine before the linear head
         assert weights["vit.head.0.num_batches_tracked"] == 2 * 80 // 16
         assert result.extra["trainable_params"] == 32 * 10 + 10
-        assert result.extra["cost"]["steps_train"] > 0 and result.extra["cost"]["steps_eval"] > 0
+        cost = result.extra["cost"]
+        assert cost["steps_train"] > 0 and cost["steps_eval"] > 0
+        assert cost["images_per_s_train"] > 0 and 0.0 <= cost["data_wait_share_train"] <= 1.0
+        for line in result.extra["history"]:  # each epoch's throughput: 80 images, 16 a micro batch
+            assert line["images_per_s"] > 0 and 0.0 <= line["data_wait_share"] <= 1.0 and line["eta_s"] >= 0
+            assert line["images_per_s"] * line["step_time_s"] == pytest.approx(16, rel=0.02)
+        assert result.extra["history"][-1]["eta_s"] == 0 and result.extra["history"][0]["eta_s"] > 0
         assert result.extra["load_report"]["checkpoint"] == str(tmp_path / "pretrained.pth")
 
 

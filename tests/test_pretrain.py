@@ -245,3 +245,17 @@ def test_weight_decay_follows_each_method_reference(method: str) -> None:
     if method == "mae":
         assert wd[id(names["encoder.cls_token"])] == decay and wd[id(names["mask_token"])] == decay
         assert "encoder.pos_embed" not in names and "decoder_pos_embed" not in names  # frozen sin-cos
+
+
+def test_log_and_cost_carry_throughput(tmp_path: Path) -> None:
+    """Every log line says how fast the run goes and how much of it waited for data; cost.json sums the call up."""
+    pretrain("mae", "mae_vit_tiny_patch4", tmp_path, epochs=1, overrides=FAST_MAE, progress=False)
+    log = _log(tmp_path)
+    for r in log:
+        assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"]) and r["step_time_s"] > 0
+        assert 0.0 <= r["data_wait_share"] <= 1.0
+        assert math.isclose(r["images_per_s"] * r["step_time_s"], 32, rel_tol=0.01)  # one batch of 32 per step
+    assert all(r["eta_s"] >= 0 for r in log) and log[-1]["eta_s"] == 0 and log[0]["eta_s"] > 0
+    cost = json.loads((tmp_path / engine.COST).read_text())
+    assert cost["steps_train"] == len(log) == 8 and cost["images_per_s_train"] > 0
+    assert 0.0 <= cost["data_wait_share_train"] <= 1.0

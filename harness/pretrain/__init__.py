@@ -63,7 +63,9 @@ def build_method(method: str, spec: Any, recipe: dict[str, Any]) -> torch.nn.Mod
     return importlib.import_module(METHODS[method]).build(spec, recipe)
 
 
-def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], eff_batch: int) -> tuple[Any, float]:
+def build_optimizer(
+    model: torch.nn.Module, recipe: dict[str, Any], eff_batch: int, fused: bool = False
+) -> tuple[Any, float]:
     """AdamW over the trainable parameters with each method's reference weight decay; the absolute lr is
     `base_lr * eff_batch / 256` (MAE's linear scaling rule).
 
@@ -73,6 +75,8 @@ def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], eff_batch: i
       parameters, biases, `cls_token` and `pos_embed`.
     * MoCo v3 (`main_moco.py`: `AdamW(model.parameters(), weight_decay=...)` for ViTs): every trainable parameter is
       decayed, biases and norms included (its frozen patch projection and sin-cos positions are not trained).
+
+    `fused` (CUDA only, `tasks.training.fused_optimizer`): torch's single-kernel AdamW, the same update.
     """
     import torch
     from timm.optim import param_groups_weight_decay
@@ -83,11 +87,28 @@ def build_optimizer(model: torch.nn.Module, recipe: dict[str, Any], eff_batch: i
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": opt["weight_decay"]}]
     else:
         groups = param_groups_weight_decay(model, opt["weight_decay"], no_weight_decay_list=model.no_weight_decay())
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"])), lr
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt["betas"]), fused=fused or None), lr
+
+
+def speed_up(model: torch.nn.Module, method: str, recipe: dict[str, Any], device: torch.device) -> bool:
+    """TF32 on CUDA, and `torch.compile` of the method's forward as the recipe's `compile` says. MoCo v3 stays eager
+    (its momentum, a new float every step, would recompile a static graph each step). Returns whether compiled."""
+    from tasks.training import compile_model, enable_tf32, resolve_compile
+
+    enable_tf32(device)
+    value = recipe.get("compile", "auto")
+    on = resolve_compile(value, device)
+    if on and method == "mocov3":
+        if value is True:
+            raise ValueError("recipe key compile=true: mocov3 pretraining cannot be compiled (use auto or false)")
+        on = False
+    compile_model(model, on)
+    return on
 
 
 def _settings(method: str, backbone: str, seed: int, data: str, recipe: dict[str, Any]) -> dict[str, Any]:
-    """What makes two runs the same run (device and progress bars do not)."""
+    """What makes two runs the same run (device, progress bars and `compile` do not)."""
+    recipe = {k: v for k, v in recipe.items() if k != "compile"}
     return {"method": method, "backbone": backbone, "seed": seed, "data": data, "recipe": recipe}
 
 
@@ -124,7 +145,7 @@ def pretrain(
 
     from backbones.registry import get_spec
     from harness.pretrain import data, engine
-    from tasks.training import atomic_save, seed_everything
+    from tasks.training import atomic_save, fused_optimizer, seed_everything
 
     out_dir = Path(out_dir)
     cfg = resolve_recipe(method, recipe, overrides, epochs)
@@ -143,7 +164,8 @@ def pretrain(
     loader = data.build_loader(cfg, None if source == "fashion-mnist" else Path(source), spec.mean, spec.std, seed, dev)
     opt = cfg["optim"]
     eff_batch = cfg["data"]["batch_size"] * opt.get("accum_iter", 1)
-    optimizer, lr = build_optimizer(model, cfg, eff_batch)
+    optimizer, lr = build_optimizer(model, cfg, eff_batch, fused=fused_optimizer(dev))
+    speed_up(model, method, cfg, dev)
     loop = engine.LoopConfig(
         epochs=cfg["epochs"], accum_iter=opt.get("accum_iter", 1), checkpoint_every=cfg.get("checkpoint_every", 1),
         clip_grad=opt.get("clip_grad"), amp=cfg.get("amp", "bf16"),

@@ -9,8 +9,10 @@ stopped before it. Checkpoints are read back with `weights_only=True`: they hold
 
 With `harness run --log-backend` (`HARNESS_LOG_BACKEND`), the numbers of the JSON-lines log (loss and lr at the same
 steps) and each epoch's mean loss also go to TensorBoard or W&B through mmengine's vis backends
-(`tasks.training.ScalarLog`, under `out_dir/vis_data/`). Atomic save and autocast are the ones the
-classification loop uses (`tasks.training`).
+(`tasks.training.ScalarLog`, under `out_dir/vis_data/`). Every log line also holds the throughput since
+the line before (`images_per_s`, `step_time_s`, `data_wait_share`: the share of that time blocked on the loader) and
+`eta_s`; `cost.json` sums them up for the whole call (the record's `extra["cost"]`). Atomic save and autocast are
+the ones the classification loop uses (`tasks.training`).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import torch
 from torch import nn
 
 from tasks import NonFiniteLoss
+from tasks.cost import CostMeter, batch_size
 from tasks.training import ScalarLog, atomic_save, autocast
 
 CHECKPOINT = "checkpoint-last.pth"
 LOG = "log.jsonl"
+COST = "cost.json"  # this call's step time, images/s and data-wait share (tasks.cost.CostMeter.summary)
 
 
 class Loader(Protocol):
@@ -157,15 +161,18 @@ def train(
     steps = len(loader)
     if steps < cfg.accum_iter:
         raise ValueError(f"an epoch has {steps} batches, fewer than optim.accum_iter={cfg.accum_iter}")
-    losses = []
+    losses, meter = [], CostMeter(device)
     with ScalarLog(out_dir) as scalars:  # harness run --log-backend: the log's numbers, also to TensorBoard / W&B
         for epoch in range(start, cfg.epochs):
             model.train()
             optimizer.zero_grad(set_to_none=True)  # a partial accumulation never crosses an epoch (nor a checkpoint)
-            batches = _progress(loader.batches(epoch), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            bar = _progress(loader.batches(epoch), steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            batches = iter(bar)
             total, t0 = 0.0, time.time()
+            meter.start("train")
             with open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
-                for step, batch in enumerate(batches):
+                for step in range(steps):
+                    batch = meter.fetch("train", batches)  # the time blocked on the loader: the step's data wait
                     t = epoch + step / steps
                     if step % cfg.accum_iter == 0:
                         set_lr(optimizer, schedule(t))  # per iteration, as MAE's lr_sched
@@ -177,14 +184,17 @@ def train(
                     scaler.scale(loss / cfg.accum_iter).backward()
                     if (step + 1) % cfg.accum_iter == 0:
                         _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
+                    meter.step("train", batch_size(batch))
                     total += value
                     lr = optimizer.param_groups[0]["lr"]
                     if step % cfg.log_every == 0:
-                        record = {"epoch": epoch, "step": epoch * steps + step, "loss": value, "lr": lr}
+                        record = {"epoch": epoch, "step": epoch * steps + step, "loss": value, "lr": lr,
+                                  **_speed(meter, (cfg.epochs - epoch) * steps - step - 1)}
                         log.write(json.dumps(record) + "\n")
                         scalars.add({"loss": value, "lr": lr}, step=record["step"])
-                    if hasattr(batches, "set_postfix"):
-                        batches.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+            meter.stop("train")
             losses.append(total / steps)
             scalars.add({"epoch_loss": losses[-1]}, step=(epoch + 1) * steps - 1)  # at the epoch's last step
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
@@ -193,6 +203,7 @@ def train(
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f} ({time.time() - t0:.1f} s)", flush=True)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
+    atomic_write_json(out_dir / COST, meter.summary())
     return losses
 
 
@@ -205,6 +216,17 @@ def _optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _speed(meter: CostMeter, steps_left: int) -> dict[str, float | None]:
+    """Throughput since the previous log line, and the time the run still needs at the median step time."""
+    return {**meter.window("train"), "eta_s": meter.eta_s("train", steps_left)}
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def _progress(it: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:

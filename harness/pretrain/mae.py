@@ -48,16 +48,20 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 
 
 def random_masking(
-    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample random masking by sorting uniform noise (MAE's shuffle).
+    """Per-sample random masking by sorting uniform noise (MAE's shuffle). `noise` `[N, L]`, when given, is that
+    noise drawn by the caller: outside a compiled forward, so that compiled and eager runs draw the same masks from
+    the same generator, and the compiled graph holds no random op (dynamo could not trace `torch.rand` of a symbolic
+    batch).
 
     Returns the visible tokens `[N, len_keep, D]`, the binary mask `[N, L]` (0 keep, 1 remove) in the original order,
     and `ids_restore` `[N, L]`, the inverse permutation that puts a shuffled sequence back in order.
     """
     n, length, d = x.shape
     len_keep = num_visible(length, mask_ratio)
-    noise = torch.rand(n, length, device=x.device, generator=generator)  # [N, L] in [0, 1)
+    if noise is None:
+        noise = torch.rand(n, length, device=x.device, generator=generator)  # [N, L] in [0, 1)
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small noise is kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :len_keep]
@@ -150,12 +154,13 @@ class MaskedAutoencoderViT(nn.Module):
         return set()  # as main_pretrain.py: cls_token and mask_token decayed; the position embeddings are frozen
 
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         enc = self.encoder
         x = enc.patch_embed(imgs)  # [N, L, D]
         x = x + enc.pos_embed[:, 1:, :]
-        x, mask, ids_restore = random_masking(x, mask_ratio, generator)  # [N, L_vis, D]
+        x, mask, ids_restore = random_masking(x, mask_ratio, generator, noise)  # [N, L_vis, D]
         cls = (enc.cls_token + enc.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # [N, 1 + L_vis, D]
         x = enc.norm_pre(x)
@@ -179,15 +184,21 @@ class MaskedAutoencoderViT(nn.Module):
         return masked_mse(pred.float(), target.float(), mask)
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        latent, mask, ids_restore = self.forward_encoder(imgs, ratio, generator)
+        latent, mask, ids_restore = self.forward_encoder(imgs, ratio, generator, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
 
+    def masking_noise(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`[N, L]` uniform noise for `random_masking`, the same draw it would make itself."""
+        return torch.rand(imgs.shape[0], self.grid[0] * self.grid[1], device=imgs.device, generator=generator)
+
     def training_loss(self, batch: tuple[torch.Tensor, ...], epoch_frac: float) -> torch.Tensor:
-        return self(batch[0])[0]
+        imgs = batch[0]
+        return self(imgs, noise=self.masking_noise(imgs))[0]  # noise drawn eagerly: see random_masking
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}

@@ -25,7 +25,7 @@ def reconstruct(
     model.eval()
     p = model.patch_size
     g = torch.Generator(device=images.device).manual_seed(seed)
-    _, pred, mask = model(images, generator=g)  # pred [N, L, p*p*3], mask [N, L]
+    _, pred, mask = model(images, noise=model.masking_noise(images, g))  # pred [N, L, p*p*3], mask [N, L]
     pred = pred.float()
     if model.norm_pix_loss:
         target = patchify(images, p)

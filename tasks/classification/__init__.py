@@ -19,8 +19,10 @@ are mappings `{base: .., large: .., huge: ..}`, resolved from the backbone's wid
 part whose input is not augmented can be computed once (`cache_features`): the tiny recipes train heads and last
 blocks on cached features. With `harness run --log-backend`, each epoch's loss, lr, top-1 and top-5 also go to
 TensorBoard or W&B through mmengine's vis backends (`tasks.training.ScalarLog`, under the work dir; the
-step is the epoch). The val set is evaluated after every epoch, as MAE's scripts do: `top1` / `top5` are the last
-epoch's, `top1_best` / `top1_best_epoch` the best epoch's (MAE's logs print that maximum).
+step is the epoch). Each epoch's line of the history also holds its training throughput (`images_per_s`,
+`step_time_s` per micro batch, `data_wait_share`: the share of that time blocked on the loader) and `eta_s`; `cost`
+in the record sums them up over the run. The val set is evaluated after every epoch, as MAE's scripts do: `top1` /
+`top5` are the last epoch's, `top1_best` / `top1_best_epoch` the best epoch's (MAE's logs print that maximum).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from tasks.classification.recipe import (
     resolve_section,
 )
 from tasks.cost import CostMeter
-from tasks.training import ScalarLog, seed_everything
+from tasks.training import ScalarLog, compile_model, enable_tf32, fused_optimizer, seed_everything
 
 __all__ = [  # the entry point, and the parts other code and the tests reach through the package
     "CHECKPOINT", "PROTOCOLS", "SIZES", "Classifier", "Dist", "MemoryImageFolder", "_accumulation", "_posterize",
@@ -94,7 +96,7 @@ def run(ctx: TaskContext) -> TaskResult:
 
 
 def _run(ctx: TaskContext, s: Setup, device: torch.device, dist_: Dist, t_start: float) -> TaskResult:
-    p = plan(s, dist_.world)
+    p = plan(s, dist_.world, device)
     seed_everything(ctx.seed)  # the same initial weights on every rank
     model, report = build_classifier(ctx, p.cfg, s.section, len(s.classes), s.img_size, s.blocks or 0)
     model.to(device)
@@ -121,7 +123,8 @@ def _run(ctx: TaskContext, s: Setup, device: torch.device, dist_: Dist, t_start:
         "num_classes": len(s.classes), "num_train": len(data.train), "num_val": len(data.val),
         "data_root": str(s.data_root), "cached_features": data.cached, "resumed_from_epoch": start_epoch,
         "history": history, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start,
-        "device": str(device), "rank": dist_.rank, "trainable_params": _trainable(r.trainer.optimizer),
+        "device": str(device), "compiled": p.compiled, "rank": dist_.rank,
+        "trainable_params": _trainable(r.trainer.optimizer),
         "cost": r.meter.summary(),  # micro-batch step time and peak memory, training and evaluation apart
     }
     if dist_.main:
@@ -147,7 +150,9 @@ class _Loop:
 def _trainer(model: Classifier, s: Setup, p: Plan, cached: bool, dist_: Dist, device: torch.device,
              per_epoch: int) -> Trainer:
     """The optimizer, the DDP wrapper, the schedule, mixup and the loss, in the order their state is created."""
-    optimizer = build_optimizer(model, p.cfg, p.lr)
+    optimizer = build_optimizer(model, p.cfg, p.lr, fused=fused_optimizer(device))
+    enable_tf32(device)
+    compile_model(model, p.compiled)  # before DDP wraps it; state dict names unchanged
     wrapped: nn.Module = model
     if dist_.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -178,13 +183,15 @@ def _epoch(r: _Loop, epoch: int) -> dict[str, Any]:
     seed_everything(seed * 1_000_003 + epoch * 1009 + r.dist_.rank)  # resume replays the same randomness
     loader = batches(r.data.train, r.p.micro, r.dist_, seed, epoch, r.data.workers, t.device, train=True)
     loss, _ = train_one_epoch(t, r.meter.timed("train", loader), epoch * r.per_epoch)
-    seconds = time.time() - t0
+    seconds, speed = time.time() - t0, r.meter.window("train")  # this epoch's images/s, step time, data-wait share
     top = _evaluate(r)
+    eta = round((time.time() - t0) * (r.p.cfg["epochs"] - epoch - 1), 3)  # at this epoch's pace, evaluation included
     if r.dist_.main:
-        log.info("%s epoch %d/%d loss %.4f top1 %.2f (%.1fs)", r.s.section, epoch + 1, r.p.cfg["epochs"], loss,
-                 top["top1"], seconds)
+        log.info("%s epoch %d/%d loss %.4f top1 %.2f (%.1fs, %s img/s, data wait %s, eta %.0fs)", r.s.section,
+                 epoch + 1, r.p.cfg["epochs"], loss, top["top1"], seconds, speed["images_per_s"],
+                 speed["data_wait_share"], eta)
     return {"epoch": epoch + 1, "loss": loss, "lr": max(g["lr"] for g in t.optimizer.param_groups),
-            "seconds": seconds, **top}
+            "seconds": seconds, **top, **speed, "eta_s": eta}
 
 
 def _evaluate(r: _Loop) -> dict[str, float]:

@@ -12,14 +12,15 @@ from torch import nn
 from tasks.classification.model import Classifier
 
 
-def build_optimizer(model: Classifier, cfg: dict[str, Any], lr: float) -> torch.optim.Optimizer:
-    """AdamW with layer-wise lr decay (fine-tune, partial) or LARS on the head (linear probe), from timm."""
+def build_optimizer(model: Classifier, cfg: dict[str, Any], lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW with layer-wise lr decay (fine-tune, partial) or LARS on the head (linear probe), from timm. `fused`
+    (CUDA only, `tasks.training.fused_optimizer`) takes torch's single-kernel AdamW, the same update."""
     from timm.optim import Lars, create_optimizer_v2
 
     if cfg["opt"] == "adamw":
         # block i (1-based) gets lr scale decay^(depth + 1 - i); norms, biases, tokens and pos_embed no weight decay
         return create_optimizer_v2(model.vit, opt="adamw", lr=lr, weight_decay=cfg["weight_decay"],
-                                   layer_decay=cfg["layer_decay"])
+                                   layer_decay=cfg["layer_decay"], **({"fused": True} if fused else {}))
     if cfg["opt"] == "lars":
         params = [p for p in model.parameters() if p.requires_grad]
         # MAE's LARS: weight decay and the trust ratio on weights only; biases take plain momentum SGD

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from tasks import TaskContext
+from tasks.training import resolve_compile
 
 PROTOCOLS = ("finetune", "linprobe", "partial")
 SIZES = ("base", "large", "huge")
@@ -131,13 +132,14 @@ class Plan:
     lr: float
     precision: str
     resolved: dict[str, Any]
+    compiled: bool = False  # torch.compile of the model (recipe key `compile`); not in `resolved`: how fast, not what
 
     @property
     def aug(self) -> dict[str, Any]:
         return self.cfg.get("aug") or {}
 
 
-def plan(s: Setup, world: int) -> Plan:
+def plan(s: Setup, world: int, device: torch.device | None = None) -> Plan:
     size = model_size(embed_dim(s.spec))
     cfg = resolve_section(s.recipe, s.section, size)
     _check_cache(cfg, s.section)
@@ -151,7 +153,8 @@ def plan(s: Setup, world: int) -> Plan:
         "derived": {"lr": lr, "img_size": s.img_size, "accum_steps": accum, "micro_batch_size": micro,
                     "world_size": world},
     }
-    return Plan(size, cfg, micro, accum, lr, precision, resolved)
+    compiled = resolve_compile(s.recipe.get("compile", "auto"), device or torch.device("cpu"))
+    return Plan(size, cfg, micro, accum, lr, precision, resolved, compiled)
 
 
 def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
