@@ -13,7 +13,8 @@ and every module import (`importlib._bootstrap._find_and_load`) is counted as `i
 is the interpreter's own start before this file's first line (wall: from the parent's `Popen`); CPU time is the
 process's user+sys (its threads, and its reaped children: loader workers). The closing report's cost over the
 profiled records is printed last. Nothing pretrains: give each pretrained backbone an encoder with `--checkpoint`.
-Each run starts from an empty work folder (no resume).
+Each run starts from an empty work folder (no resume); the frozen features are shared as `harness run` shares them
+(`OUT/work/features`): with `--repeat 2` the second table shows a run that reads them, as a suite's other seeds do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -62,6 +64,7 @@ class Clock:
         self.wall = dict.fromkeys(PHASES, 0.0)
         self.cpu = dict.fromkeys(PHASES, 0.0)
         self.stack = ["other"]
+        self.packages: dict[str, float] = {}  # top-level package -> wall seconds of the imports it started
         self.mark = (time.perf_counter(), cpu())
 
     def _switch(self, to: str | None) -> None:
@@ -114,11 +117,16 @@ def install(clock: Clock) -> None:
     original = bootstrap._find_and_load
 
     def find_and_load(name, import_):  # noqa: ANN001, ANN202
+        outermost = clock.stack[-1] != "imports"
         clock._switch("imports")
+        t0 = time.perf_counter()
         try:
             module = original(name, import_)
         finally:
             clock._switch(None)
+            if outermost:  # what each package costs where it is first imported, its dependencies included
+                top = name.partition(".")[0]
+                clock.packages[top] = clock.packages.get(top, 0.0) + time.perf_counter() - t0
         for path, phase in by_module.get(name, ()):
             _patch(clock, module, path, phase)
         return module
@@ -140,7 +148,7 @@ def worker(job: str, out: str) -> int:
         clock._switch("other")
         wall, cpus = dict(clock.wall), dict(clock.cpu)
         wall["start"], cpus["start"] = start_wall, start_cpu
-        Path(out).write_text(json.dumps({"wall": wall, "cpu": cpus}))
+        Path(out).write_text(json.dumps({"wall": wall, "cpu": cpus, "packages": clock.packages}))
     return code
 
 
@@ -181,7 +189,8 @@ def run_one(job: Path, threads: int, out: Path) -> dict[str, dict[str, float]]:
     for folder in ("logs", "records"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     times = work / "profile.json"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+           "HARNESS_FEATURE_CACHE": str((out / "work" / "features").resolve())}  # as harness run's workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                       env.get("PYTHONPATH", "")]))
     log = out / "logs" / f"{work.name}.profile.log"
@@ -206,13 +215,13 @@ def report_cost(out: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu() - c0
 
 
-def table(results: dict[str, list[dict]], key: str) -> str:
-    def mean(kind: str, phase: str) -> float:
-        runs = results[kind]
-        return sum((r["total"][key] if phase == "total" else r[key][phase]) for r in runs) / len(runs)
+def table(results: dict[str, list[dict]], key: str, i: int) -> str:
+    def value(kind: str, phase: str) -> float:
+        r = results[kind][i]
+        return r["total"][key] if phase == "total" else r[key][phase]
 
     head = f"{'phase':<12}" + "".join(f"{k:>15}" for k in results)
-    rows = [f"{p:<12}" + "".join(f"{mean(k, p):>15.2f}" for k in results) for p in (*PHASES, "total")]
+    rows = [f"{p:<12}" + "".join(f"{value(k, p):>15.2f}" for k in results) for p in (*PHASES, "total")]
     return "\n".join([head, *rows])
 
 
@@ -226,7 +235,8 @@ def main() -> int:
                         help="an encoder for the backbone, so that nothing pretrains")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of the worker (the demo's share)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each kind, averaged")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each kind (the next ones read the features "
+                        "the first computed, as the other seeds of a suite do)")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.times)
@@ -238,14 +248,19 @@ def main() -> int:
     jobs, plan_wall, plan_cpu = plan_jobs(args, out)
     print(f"runner's plan (harness run's start, {len(jobs)} runs): wall {plan_wall:.2f} s, CPU {plan_cpu:.2f} s")
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; worker threads {args.threads}")
+    shutil.rmtree(out / "work" / "features", ignore_errors=True)  # the first run of each kind computes its own
     results: dict[str, list[dict]] = {k: [] for k in jobs}
     for _ in range(args.repeat):
         for kind, job in jobs.items():
             results[kind].append(run_one(job, args.threads, out))
             r = results[kind][-1]["total"]
-            print(f"  {kind}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s", flush=True)
-    for key in ("cpu", "wall"):
-        print(f"\n{key} seconds per run (mean of {args.repeat})\n{table(results, key)}")
+            top = sorted(results[kind][-1]["packages"].items(), key=lambda kv: -kv[1])[:6]
+            print(f"  {kind}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s; imports (wall s, dependencies included): "
+                  + ", ".join(f"{name} {sec:.2f}" for name, sec in top), flush=True)
+    for i in range(args.repeat):
+        when = "the first: caches cold" if i == 0 else "again: the frozen features read from the first"
+        for key in ("cpu", "wall"):
+            print(f"\n{key} seconds, run {i + 1} of each kind ({when})\n{table(results, key, i)}")
     wall, cpus = report_cost(out)
     print(f"\nreport over {sum(map(len, results.values()))} records: wall {wall:.2f} s, CPU {cpus:.2f} s")
     print(f"load average {os.getloadavg()[0]:.2f}")
