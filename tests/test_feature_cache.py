@@ -82,3 +82,21 @@ def test_an_unreadable_entry_is_computed_again(tmp_path: Path) -> None:
     assert got is made
     again = features.cached_features("k", lambda: pytest.fail("computed again"), tmp_path)
     assert all(torch.equal(x, y) for x, y in zip(again.tensors, made.tensors, strict=True))
+
+
+def test_the_key_follows_what_the_features_depend_on(data: Path, tmp_path: Path) -> None:
+    from tasks.classification.data import build_transform
+    from tasks.classification.recipe import resolve_section
+    from tasks.recipes import load_recipe
+
+    def key(pool: str = "token", split: str = "train", size: int = 32, batch: int = 16) -> str:
+        torch.manual_seed(0)
+        cfg = {**resolve_section(load_recipe("in1k", "tiny"), "linprobe", "base"), "global_pool": pool}
+        model, _ = cls.build_classifier(TaskContext(backbone="test_vit", work_dir=tmp_path), cfg, "linprobe", 10, 32,
+                                        0)
+        tf = build_transform(False, {}, size, 1.0, (0.5,) * 3, (0.5,) * 3)
+        return features.feature_key(model, data / split, tf, batch, torch.device("cpu"), "fp32")
+
+    base = key()
+    assert key() == base  # the same weights (same seed), data, transform and batch
+    assert len({base, key(pool="avg"), key(split="val"), key(size=28), key(batch=8)}) == 5

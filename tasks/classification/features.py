@@ -3,11 +3,11 @@ probe or of a partial fine-tune of one pretrained encoder (their heads differ, t
 
 The runner names a folder (`HARNESS_FEATURE_CACHE`, `OUT/work/features`); without it every run computes its own, as
 before. An entry is keyed by everything the features depend on: every weight of the model but the new head (so a
-randomly initialised backbone, which differs per seed, never shares), the model's architecture, the protocol and its
-cut, the split's files (names, sizes, times), the transform, the batch size, precision, device type, thread count and
-torch version. The first run computes the entry under a file lock and writes it atomically; a concurrent run with the
-same key waits for it and reads it. Reading is exact (float32 tensors), so a run's metrics do not depend on whether it
-computed or read its features.
+randomly initialised backbone, which differs per seed, never shares), the model's architecture and settings
+(pooling, fused attention), the protocol and its cut, the split's files (names, sizes, times), the transform, the
+batch size, precision, device type, thread count and torch version. The first run computes the entry under a file
+lock and writes it atomically; a concurrent run with the same key waits for it and reads it. Reading is exact
+(float32 tensors), so a run's metrics do not depend on whether it computed or read its features.
 """
 
 from __future__ import annotations
@@ -38,11 +38,20 @@ def _hash_files(h: Any, root: Path) -> None:
         h.update(f"{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
 
 
+def _settings(model: torch.nn.Module) -> list[tuple[str, str, Any]]:
+    """Every module's plain attributes (timm's `global_pool`, `num_prefix_tokens`, `fused_attn`, ...), train mode
+    aside."""
+    plain = (bool, int, float, str, tuple, type(None))
+    return [(name, key, value) for name, m in model.named_modules() for key, value in sorted(vars(m).items())
+            if key != "training" and not key.startswith("_") and isinstance(value, plain)]
+
+
 def feature_key(model: torch.nn.Module, split_root: Path, transform: Any, batch: int, device: torch.device,
                 precision: str) -> str:
     """The entry's name: a hash of everything the features of `split_root` through `model.encode` depend on."""
     h = hashlib.sha256()
     h.update(repr(model).encode())  # architecture, protocol-dependent head, norms
+    h.update(repr(_settings(model)).encode())  # pooling, prefix tokens, fused attention: what repr leaves out
     h.update(f"{model.protocol}|{model.n_frozen}|{batch}|{device.type}|{precision}|{torch.get_num_threads()}|"
              f"{torch.__version__}|{transform!r}\n".encode())
     for name, tensor in model.state_dict().items():
