@@ -57,8 +57,8 @@ def feature_key(model: torch.nn.Module, split_root: Path, transform: Any, batch:
     for name, tensor in model.state_dict().items():
         if name.startswith("vit.head."):  # the new head: seeded per run, not part of the frozen computation
             continue
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)  # 0-d tensors too: bytes of a 1-d view
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     _hash_files(h, Path(split_root))
     return h.hexdigest()[:24]
