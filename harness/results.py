@@ -71,9 +71,11 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
 
 def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True
                  ) -> list[dict[str, Any]]:
-    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path`;
-    unreadable files are reported and skipped, as `store.read_records` does. With `cache`, the pruned records are
-    kept in `folder/CACHE` and a file whose name, size and mtime are unchanged is not parsed again (`_Cache`)."""
+    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path` and
+    its provenance for the HTML page (`harness.report_html.runs.extract`: `_prov`, and `_shared`, kind -> (key,
+    content), the content one object for all the records that share it); unreadable files are reported and skipped,
+    as `store.read_records` does. With `cache`, all this is kept in `folder/CACHE` and a file whose name, size and
+    mtime are unchanged is not parsed again (`_Cache`)."""
     fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
@@ -83,22 +85,30 @@ def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache
         entries = sorted((e for e in it if e.name.endswith(store.SUFFIX) and not e.name.startswith(".")),
                          key=lambda e: e.name)
     known = _Cache(folder / CACHE, fields) if cache else None
+    shared: dict[str, Any] = known.shared if known else {}
     out = []
     for entry in entries:
-        rec = known.get(entry) if known else None
-        if rec is None:
-            rec = _read_pruned(entry.path, fields)
-            if rec is None:
+        hit = known.get(entry) if known else None
+        if hit is None:
+            hit = _read_pruned(entry.path, fields, shared)
+            if hit is None:
                 continue
             if known:
-                known.put(entry, rec)
-        out.append({**rec, "_path": entry.path})
+                known.put(entry, hit)
+        rec, prov, keys = hit
+        out.append({**rec, "_path": entry.path, "_prov": prov,
+                    "_shared": {kind: (key, shared[f"{kind}-{key}"]) for kind, key in keys.items()}})
     if known:
         known.save({e.name for e in entries})
     return out
 
 
-def _read_pruned(path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None:
+    """(the record pruned to `fields`, its provenance, kind -> key of its shared blocks), the blocks' content added
+    to `shared` (`kind-key` -> content) unless it is there already; None for a file that is not a record."""
+    from harness.report_html.runs import extract
+
     try:
         with open(path, "rb") as f:
             rec = json.loads(f.read())
@@ -108,25 +118,35 @@ def _read_pruned(path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
         warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=3)
         return None
-    return prune(rec, fields)
+    prov, blocks = extract(rec)
+    for kind, (key, content) in blocks.items():
+        shared.setdefault(f"{kind}-{key}", content)  # one object per distinct block, however many records share it
+    return prune(rec, fields), prov, {kind: key for kind, (key, _) in blocks.items()}
 
 
 CACHE = ".report-cache"  # a dot-file without the records' suffix: never read as a record
+CACHE_VERSION = 2  # 2: with each record's provenance and the blocks records share
 
 
 class _Cache:
-    """Pruned records by file name, valid while the file's size and mtime are those recorded and the fields the same:
-    a record is written once and never rewritten (`store.write_record`), so that a sweep's report parses each file
-    once. A missing, unreadable or other-fields cache is rebuilt without a word; it is written to a temporary file
-    and renamed, and a folder that cannot be written is simply not cached."""
+    """Pruned records and their provenance by file name, valid while the file's size and mtime are those recorded
+    and the fields the same: a record is written once and never rewritten (`store.write_record`), so that a sweep's
+    report parses each file once. The provenance's shared blocks are kept once, by key. A missing, unreadable or
+    other-fields cache is rebuilt without a word; it is written to a temporary file and renamed, and a folder that
+    cannot be written is simply not cached."""
 
     def __init__(self, path: Path, fields: dict[str, Any]) -> None:
-        self.path, self.key, self.changed = path, json.dumps(fields, sort_keys=True), False
+        from harness.report_html.runs import KEEP
+
+        self.path, self.changed = path, False
+        self.key = json.dumps({"fields": fields, "provenance": KEEP}, sort_keys=True)
         self.entries: dict[str, list[Any]] = {}
+        self.shared: dict[str, Any] = {}
         try:
             doc = json.loads(path.read_bytes())
-            if isinstance(doc, dict) and doc.get("version") == 1 and doc.get("fields") == self.key:
-                self.entries = doc["entries"] if isinstance(doc.get("entries"), dict) else {}
+            if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION and doc.get("fields") == self.key \
+                    and isinstance(doc.get("entries"), dict) and isinstance(doc.get("shared"), dict):
+                self.entries, self.shared = doc["entries"], doc["shared"]
         except (OSError, ValueError):
             pass
 
@@ -135,18 +155,19 @@ class _Cache:
         st = entry.stat()
         return [st.st_size, st.st_mtime_ns]
 
-    def get(self, entry: os.DirEntry) -> dict[str, Any] | None:
+    def get(self, entry: os.DirEntry) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None:
         hit = self.entries.get(entry.name)
         try:
-            valid = isinstance(hit, list) and len(hit) == 3 and isinstance(hit[2], dict)
+            valid = isinstance(hit, list) and len(hit) == 5 and all(isinstance(h, dict) for h in hit[2:])
+            valid = valid and all(f"{k}-{v}" in self.shared for k, v in hit[4].items())
             valid = valid and hit[:2] == self._stamp(entry)
-        except OSError:
+        except (OSError, TypeError):
             return None
-        return hit[2] if valid else None
+        return (hit[2], hit[3], hit[4]) if valid else None
 
-    def put(self, entry: os.DirEntry, rec: dict[str, Any]) -> None:
+    def put(self, entry: os.DirEntry, hit: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
         try:
-            self.entries[entry.name] = [*self._stamp(entry), rec]
+            self.entries[entry.name] = [*self._stamp(entry), *hit]
             self.changed = True
         except OSError:
             pass
@@ -157,9 +178,12 @@ class _Cache:
             del self.entries[name]
         if not (self.changed or gone):
             return
+        used = {f"{k}-{v}" for hit in self.entries.values() for k, v in hit[4].items()}
+        shared = {k: v for k, v in self.shared.items() if k in used}
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps({"version": 1, "fields": self.key, "entries": self.entries}))
+            doc = {"version": CACHE_VERSION, "fields": self.key, "entries": self.entries, "shared": shared}
+            tmp.write_text(json.dumps(doc))
             os.replace(tmp, self.path)
         except (OSError, TypeError, ValueError):  # read-only folder, or a value JSON cannot hold
             tmp.unlink(missing_ok=True)

@@ -142,7 +142,7 @@ def test_the_records_cache_is_used_kept_current_and_rebuilt(tmp_path: Path, monk
     assert (folder / results.CACHE).is_file() and len(store.read_records(folder)) == 2  # not read as a record
     parsed: list[str] = []
     real = results._read_pruned
-    monkeypatch.setattr(results, "_read_pruned", lambda path, fields: parsed.append(path) or real(path, fields))
+    monkeypatch.setattr(results, "_read_pruned", lambda path, *a: parsed.append(path) or real(path, *a))
     assert results.read_compact(folder) == first and parsed == []  # nothing parsed again
     new = store.write_record(folder, rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 79.0}))
     again = results.read_compact(folder)
@@ -154,6 +154,6 @@ def test_the_records_cache_is_used_kept_current_and_rebuilt(tmp_path: Path, monk
     parsed.clear()
     left = [r["run_id"] for r in again if r["_path"] != str(gone)]
     assert [r["run_id"] for r in results.read_compact(folder)] == left
-    assert len(parsed) == 2 and json.loads((folder / results.CACHE).read_text())["version"] == 1
+    assert len(parsed) == 2 and json.loads((folder / results.CACHE).read_text())["version"] == results.CACHE_VERSION
     fewer = results.read_compact(folder, {"run_id": True, "status": True})  # other fields: not the cached records
-    assert all(set(r) == {"run_id", "status", "_path"} for r in fewer)
+    assert all(set(r) == {"run_id", "status", "_path", "_prov", "_shared"} for r in fewer)
