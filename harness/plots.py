@@ -284,16 +284,23 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]], svg: bo
         return [p for f in futures for p in f.result()]
 
 
-def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
-                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path,
-                formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Every figure in `formats` (`FORMATS`): `bars` (task -> its panels: title, summary rows, columns), the trends in
-    `frame` (the report's rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`;
-    returns the files written."""
+def plot_jobs(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
+              labels: dict[str, str], curves: pd.DataFrame, out: Path, formats: tuple[str, ...] = ("png",)
+              ) -> list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]:
+    """The figures of `write_plots` as jobs (function, arguments), each writing its files into `out`."""
     trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
     jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
         (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}", formats))
         for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
     jobs += [(bar_chart, (panels, labels, out / task, formats)) for task, panels in bars.items()]
     jobs.append((loss_curves, (curves, out, formats)))
-    return _draw(jobs, "svg" in formats) + reconstructions(figures, out)
+    return jobs
+
+
+def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
+                labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path,
+                formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Every figure in `formats` (`FORMATS`): `bars` (task -> its panels: title, summary rows, columns), the trends in
+    `frame` (the report's rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`;
+    returns the files written."""
+    return _draw(plot_jobs(bars, frame, labels, curves, out, formats), "svg" in formats) + reconstructions(figures, out)

@@ -31,6 +31,7 @@ class Provenance:
     shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> {key: content}
     users: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, key, task) -> runs
     attempts: Counter[str] = field(default_factory=Counter)  # run id -> records of it
+    html: str = ""  # the page's section of the runs (`section`), once made
 
     def by_id(self) -> dict[str, dict[str, Any]]:
         return {r["run_id"]: r for r in self.runs}

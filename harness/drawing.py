@@ -1,0 +1,158 @@
+"""The report's figures drawn beside its other work, and not drawn again when their data has not changed.
+
+A figure is drawn in Python by matplotlib, one CPU each; at 10,000 records the report's six figures cost about as much
+as everything else it does. `Drawer` starts its worker processes (forked) when the report starts, while the process
+is still small; they import matplotlib and load its fonts while the report reads the records, and draw while it
+writes the tables and the page. Where there is one CPU, or no `fork`, the jobs run in the report's process when their
+results are asked for.
+
+Each figure job is named by a digest of its inputs (the function, its arguments, frames hashed by content, and the
+code of `harness.plots`); `plots/.figures.json` keeps the digest with the files the job wrote (size and mtime), and a
+job whose digest and files are unchanged is not run again: a repeated report on the same records redraws nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MANIFEST = ".figures.json"  # in the plots folder: digest -> the files its job wrote
+MAX_WORKERS = 4
+Job = tuple[Callable[..., list[Path]], tuple[Any, ...]]
+
+
+def _warm() -> None:
+    """A worker's start: matplotlib, its Agg backend and the font, loaded before the first figure is asked for."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.text(0.5, 0.5, "0", fontsize=7)
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def _feed(h: Any, value: Any) -> None:
+    """Adds `value` to the hash `h`: frames by their content (values, index, columns, dtypes), containers item by
+    item (mappings in the order of their keys), anything else by its type and repr."""
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame | pd.Series):
+        h.update(type(value).__name__.encode())
+        h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+        cols = list(value.columns) if isinstance(value, pd.DataFrame) else [value.name]
+        dtypes = list(value.dtypes) if isinstance(value, pd.DataFrame) else [value.dtype]
+        h.update(repr((cols, [str(d) for d in dtypes], len(value))).encode())
+    elif isinstance(value, dict):  # a lookup (column labels): its order, often a set's, changes nothing drawn
+        h.update(b"{%d" % len(value))
+        for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])):
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(value, list | tuple):
+        h.update(b"[%d" % len(value))
+        for v in value:
+            _feed(h, v)
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def digest(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """What names a figure job: its function, its arguments and the code that draws it."""
+    import matplotlib
+
+    from harness import plots
+
+    h = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__} {matplotlib.__version__}".encode())
+    h.update(Path(plots.__file__).read_bytes())
+    _feed(h, args)
+    return h.hexdigest()[:32]
+
+
+def _stamp(path: Path) -> list[Any]:
+    st = path.stat()
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+class Drawer:
+    """Figure jobs (function, arguments; each returns the files it wrote into one folder), drawn in worker processes
+    started now, or in this process when there are no workers; jobs whose inputs and files are unchanged since the
+    last report into `folder` are not run. `results()` waits for them and returns their files in the order given."""
+
+    def __init__(self, folder: Path, workers: int | None = None) -> None:
+        import multiprocessing
+        import threading
+
+        self.folder, self.pool = Path(folder), None
+        self.pending: list[tuple[str, Any]] = []  # (digest, a future, a job to run here, or the files kept)
+        try:
+            doc = json.loads((self.folder / MANIFEST).read_bytes())
+            self.known: dict[str, list[list[Any]]] = doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError):
+            self.known = {}
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(MAX_WORKERS, cpus) if workers is None else workers
+        # a fork copies one thread only: from a process with others (a live display, a logger) it could copy a held
+        # lock; then the jobs run here
+        if workers >= 2 and threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_warm)
+            self.pool.submit(int)  # starts the workers now, not at the first figure
+
+    def _kept(self, key: str) -> list[Path] | None:
+        """The files of the job named `key` from the last report, if each is still there as it was written."""
+        entry = self.known.get(key)
+        if not isinstance(entry, list):
+            return None
+        try:
+            paths = [self.folder / str(name) for name, *_ in entry]
+            return paths if all(_stamp(p) == list(e) for p, e in zip(paths, entry, strict=True)) else None
+        except (OSError, TypeError, ValueError):
+            return None
+
+    def submit(self, jobs: list[Job]) -> None:
+        for fn, args in jobs:
+            key = digest(fn, args)
+            kept = self._kept(key)
+            if kept is not None:
+                self.pending.append((key, kept))
+            elif self.pool is not None:
+                self.pending.append((key, self.pool.submit(fn, *args)))
+            else:
+                self.pending.append((key, (fn, args)))
+
+    def results(self) -> list[Path]:
+        """Every job's files, in the order submitted; the manifest rewritten with these jobs only."""
+        out, manifest = [], {}
+        try:
+            for key, job in self.pending:
+                if isinstance(job, list):
+                    files = job
+                elif isinstance(job, tuple):
+                    files = job[0](*job[1])
+                else:
+                    files = job.result()
+                out += files
+                if all(Path(p).parent == self.folder for p in files):
+                    manifest[key] = [_stamp(Path(p)) for p in files]
+        finally:
+            self.close()
+        if manifest != self.known:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f"{MANIFEST}.{os.getpid()}.tmp"
+            try:
+                tmp.write_text(json.dumps(manifest))
+                os.replace(tmp, self.folder / MANIFEST)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
