@@ -288,7 +288,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     out.mkdir(parents=True, exist_ok=True)
     drawer = drawing.Drawer(out / "plots") if plots else None  # its workers start now, while this process is small
     specs = report_specs(records)
-    recs = results.read_compact(records_dir(records), results.report_fields(specs))
+    recs = results.read_compact(records_dir(records), results.report_fields(specs), pool=drawer and drawer.pool)
     frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1

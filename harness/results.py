@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from harness import store
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     import pandas as pd
 
     from tasks.spec import TaskSpec
@@ -69,13 +71,14 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
     return {k: node[k] if sub is True else prune(node[k], sub) for k, sub in fields.items() if k in node}
 
 
-def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True
-                 ) -> list[dict[str, Any]]:
+def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True,
+                 pool: Executor | None = None) -> list[dict[str, Any]]:
     """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path` and
     its provenance for the HTML page (`harness.report_html.runs.extract`: `_prov`, and `_shared`, kind -> (key,
     content), the content one object for all the records that share it); unreadable files are reported and skipped,
     as `store.read_records` does. With `cache`, all this is kept in `folder/CACHE` and a file whose name, size and
-    mtime are unchanged is not parsed again (`_Cache`)."""
+    mtime are unchanged is not parsed again (`_Cache`). With a process `pool` (forked: `harness.drawing.Drawer`'s),
+    many files to parse are parsed in it and here, in chunks."""
     fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
@@ -86,21 +89,55 @@ def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache
                          key=lambda e: e.name)
     known = _Cache(folder / CACHE, fields) if cache else None
     shared: dict[str, Any] = known.shared if known else {}
+    hits = {e.name: known.get(e) for e in entries} if known else {}
+    todo = [e for e in entries if hits.get(e.name) is None]
+    for entry, hit in zip(todo, _parse([e.path for e in todo], fields, shared, pool), strict=True):
+        hits[entry.name] = hit
+        if known and hit is not None:
+            known.put(entry, hit)
     out = []
     for entry in entries:
-        hit = known.get(entry) if known else None
-        if hit is None:
-            hit = _read_pruned(entry.path, fields, shared)
-            if hit is None:
-                continue
-            if known:
-                known.put(entry, hit)
-        rec, prov, keys = hit
+        if hits[entry.name] is None:
+            continue
+        rec, prov, keys = hits[entry.name]
         out.append({**rec, "_path": entry.path, "_prov": prov,
                     "_shared": {kind: (key, shared[f"{kind}-{key}"]) for kind, key in keys.items()}})
     if known:
         known.save({e.name for e in entries})
     return out
+
+
+PARALLEL_FROM = 500  # files to parse from which a pool shares the work: below, forking costs more than it saves
+
+
+def _parse(paths: list[str], fields: dict[str, Any], shared: dict[str, Any], pool: Executor | None
+           ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None]:
+    """`_read_pruned` of each path, in order: in `pool` and here, a chunk each, when there are many."""
+    workers = getattr(pool, "_max_workers", 0)
+    if pool is None or workers < 1 or len(paths) < PARALLEL_FROM:
+        return [_read_pruned(p, fields, shared) for p in paths]
+    size = -(-len(paths) // (workers + 1))
+    futures = [pool.submit(_read_chunk, paths[i:i + size], fields) for i in range(size, len(paths), size)]
+    out = [_read_pruned(p, fields, shared) for p in paths[:size]]  # this process's chunk, the first
+    for future in futures:
+        hits, blocks, problems = future.result()
+        for key, content in blocks.items():
+            shared.setdefault(key, content)
+        for message in problems:
+            warnings.warn(message, stacklevel=4)
+        out += hits
+    return out
+
+
+def _read_chunk(paths: list[str], fields: dict[str, Any]
+                ) -> tuple[list[tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None], dict[str, Any],
+                           list[str]]:
+    """In a worker: (`_read_pruned` of each path, the shared blocks they hold, the warnings they gave)."""
+    shared: dict[str, Any] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hits = [_read_pruned(p, fields, shared) for p in paths]
+    return hits, shared, [str(w.message) for w in caught]
 
 
 def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
@@ -113,10 +150,10 @@ def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
         with open(path, "rb") as f:
             rec = json.loads(f.read())
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=3)
+        warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=4)
         return None
     if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
-        warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=3)
+        warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=4)
         return None
     prov, blocks = extract(rec)
     for kind, (key, content) in blocks.items():
