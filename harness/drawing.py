@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +37,55 @@ def _warm() -> None:
     fig.savefig(io.BytesIO(), format="png")
 
 
-def _feed(h: Any, value: Any) -> None:
-    """Adds `value` to the hash `h`: frames by their content (values, index, columns, dtypes), containers item by
+def _frame_hash(value: Any) -> bytes:
+    """A frame's or series' content: values, index, columns, dtypes."""
+    import pandas as pd
+
+    h = hashlib.sha256(type(value).__name__.encode())
+    h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+    cols = list(value.columns) if isinstance(value, pd.DataFrame) else [value.name]
+    dtypes = list(value.dtypes) if isinstance(value, pd.DataFrame) else [value.dtype]
+    h.update(repr((cols, [str(d) for d in dtypes], len(value))).encode())
+    return h.digest()
+
+
+def _feed(h: Any, value: Any, hashed: dict[int, tuple[Any, bytes]]) -> None:
+    """Adds `value` to the hash `h`: frames by their content (`hashed` keeps those done, by id), containers item by
     item (mappings in the order of their keys), anything else by its type and repr."""
     import pandas as pd
 
     if isinstance(value, pd.DataFrame | pd.Series):
-        h.update(type(value).__name__.encode())
-        h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
-        cols = list(value.columns) if isinstance(value, pd.DataFrame) else [value.name]
-        dtypes = list(value.dtypes) if isinstance(value, pd.DataFrame) else [value.dtype]
-        h.update(repr((cols, [str(d) for d in dtypes], len(value))).encode())
+        if id(value) not in hashed:
+            hashed[id(value)] = (value, _frame_hash(value))  # the frame kept alive: its id is not reused
+        h.update(hashed[id(value)][1])
     elif isinstance(value, dict):  # a lookup (column labels): its order, often a set's, changes nothing drawn
         h.update(b"{%d" % len(value))
         for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])):
-            _feed(h, k)
-            _feed(h, v)
+            _feed(h, k, hashed)
+            _feed(h, v, hashed)
     elif isinstance(value, list | tuple):
         h.update(b"[%d" % len(value))
         for v in value:
-            _feed(h, v)
+            _feed(h, v, hashed)
     else:
         h.update(f"{type(value).__name__}:{value!r};".encode())
 
 
-def digest(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
-    """What names a figure job: its function, its arguments and the code that draws it."""
-    import matplotlib
+@lru_cache(maxsize=1)
+def _code() -> bytes:
+    """What draws the figures: matplotlib's version and `harness.plots`' source (without importing matplotlib)."""
+    from importlib.metadata import version
 
     from harness import plots
 
-    h = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__} {matplotlib.__version__}".encode())
-    h.update(Path(plots.__file__).read_bytes())
-    _feed(h, args)
+    return f"matplotlib {version('matplotlib')}\n".encode() + Path(plots.__file__).read_bytes()
+
+
+def digest(fn: Callable[..., Any], args: tuple[Any, ...], hashed: dict[int, tuple[Any, bytes]] | None = None) -> str:
+    """What names a figure job: its function, its arguments and the code that draws it."""
+    h = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}".encode())
+    h.update(_code())
+    _feed(h, args, {} if hashed is None else hashed)
     return h.hexdigest()[:32]
 
 
@@ -88,6 +105,7 @@ class Drawer:
 
         self.folder, self.pool = Path(folder), None
         self.pending: list[tuple[str, Any]] = []  # (digest, a future, a job to run here, or the files kept)
+        self.hashed: dict[int, tuple[Any, bytes]] = {}  # id -> (frame, its content hash): a frame given twice
         try:
             doc = json.loads((self.folder / MANIFEST).read_bytes())
             self.known: dict[str, list[list[Any]]] = doc if isinstance(doc, dict) else {}
@@ -99,6 +117,8 @@ class Drawer:
         # lock; then the jobs run here
         if workers >= 2 and threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
             from concurrent.futures import ProcessPoolExecutor
+
+            import pandas  # noqa: F401  the report needs it anyway: imported once, before the fork, not in each worker
 
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_warm)
@@ -117,7 +137,7 @@ class Drawer:
 
     def submit(self, jobs: list[Job]) -> None:
         for fn, args in jobs:
-            key = digest(fn, args)
+            key = digest(fn, args, self.hashed)
             kept = self._kept(key)
             if kept is not None:
                 self.pending.append((key, kept))
