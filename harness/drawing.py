@@ -1,10 +1,10 @@
 """The report's figures drawn beside its other work, and not drawn again when their data has not changed.
 
 A figure is drawn in Python by matplotlib, one CPU each; at 10,000 records the report's six figures cost about as much
-as everything else it does. `Drawer` starts its worker processes (forked) when the report starts, while the process
-is still small; they import matplotlib and load its fonts while the report reads the records, and draw while it
-writes the tables and the page. Where there is one CPU, or no `fork`, the jobs run in the report's process when their
-results are asked for.
+as everything else it does. `Drawer` starts its worker processes (forked) when the report first needs them: to parse
+a first reading's many records (`harness.results.read_compact`), while the process is still small, or to draw. They
+load matplotlib and its fonts as they start, and draw while the report writes its tables and the page's provenance.
+Where there is one CPU, or no `fork`, the jobs run in the report's process when their results are asked for.
 
 Each figure job is named by a digest of its inputs (the function, its arguments, frames hashed by content, and the
 code of `harness.plots`); `plots/.figures.json` keeps the digest with the files the job wrote (size and mtime), and a
@@ -19,7 +19,10 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 MANIFEST = ".figures.json"  # in the plots folder: digest -> the files its job wrote
 MAX_WORKERS = 4
@@ -100,10 +103,7 @@ class Drawer:
     last report into `folder` are not run. `results()` waits for them and returns their files in the order given."""
 
     def __init__(self, folder: Path, workers: int | None = None) -> None:
-        import multiprocessing
-        import threading
-
-        self.folder, self.pool = Path(folder), None
+        self.folder, self.pool, self.closed = Path(folder), None, False
         self.pending: list[tuple[str, Any]] = []  # (digest, a future, a job to run here, or the files kept)
         self.hashed: dict[int, tuple[Any, bytes]] = {}  # id -> (frame, its content hash): a frame given twice
         try:
@@ -112,17 +112,26 @@ class Drawer:
         except (OSError, ValueError):
             self.known = {}
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(MAX_WORKERS, cpus) if workers is None else workers
+        self.workers = min(MAX_WORKERS, cpus) if workers is None else workers
+
+    def executor(self) -> Executor | None:
+        """The worker processes, started at the first call (a report with nothing to parse or draw starts none);
+        None where there is one CPU or no `fork`."""
+        import multiprocessing
+        import threading
+
         # a fork copies one thread only: from a process with others (a live display, a logger) it could copy a held
         # lock; then the jobs run here
-        if workers >= 2 and threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        if self.pool is None and not self.closed and self.workers >= 2 and threading.active_count() == 1 \
+                and "fork" in multiprocessing.get_all_start_methods():
             from concurrent.futures import ProcessPoolExecutor
 
             import pandas  # noqa: F401  the report needs it anyway: imported once, before the fork, not in each worker
 
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_warm)
-            self.pool.submit(int)  # starts the workers now, not at the first figure
+            self.pool.submit(int)  # starts the workers now, not at the first job
+        return self.pool
 
     def _kept(self, key: str) -> list[Path] | None:
         """The files of the job named `key` from the last report, if each is still there as it was written."""
@@ -141,8 +150,8 @@ class Drawer:
             kept = self._kept(key)
             if kept is not None:
                 self.pending.append((key, kept))
-            elif self.pool is not None:
-                self.pending.append((key, self.pool.submit(fn, *args)))
+            elif self.executor() is not None:
+                self.pending.append((key, self.executor().submit(fn, *args)))
             else:
                 self.pending.append((key, (fn, args)))
 
@@ -173,6 +182,7 @@ class Drawer:
         return out
 
     def close(self) -> None:
+        self.closed = True
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
             self.pool = None

@@ -286,9 +286,9 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    drawer = drawing.Drawer(out / "plots") if plots else None  # its workers start now, while this process is small
+    drawer = drawing.Drawer(out / "plots") if plots else None  # its workers also parse a first reading's records
     specs = report_specs(records)
-    recs = results.read_compact(records_dir(records), results.report_fields(specs), pool=drawer and drawer.pool)
+    recs = results.read_compact(records_dir(records), results.report_fields(specs), pool=drawer and drawer.executor)
     frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from harness import store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from concurrent.futures import Executor
 
     import pandas as pd
@@ -72,13 +73,13 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
 
 
 def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True,
-                 pool: Executor | None = None) -> list[dict[str, Any]]:
+                 pool: Callable[[], Executor | None] | None = None) -> list[dict[str, Any]]:
     """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path` and
     its provenance for the HTML page (`harness.report_html.runs.extract`: `_prov`, and `_shared`, kind -> (key,
     content), the content one object for all the records that share it); unreadable files are reported and skipped,
     as `store.read_records` does. With `cache`, all this is kept in `folder/CACHE` and a file whose name, size and
-    mtime are unchanged is not parsed again (`_Cache`). With a process `pool` (forked: `harness.drawing.Drawer`'s),
-    many files to parse are parsed in it and here, in chunks."""
+    mtime are unchanged is not parsed again (`_Cache`). With `pool`, a function that gives a pool of forked processes
+    (`harness.drawing.Drawer.executor`), many files to parse are parsed in it and here, in chunks."""
     fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
@@ -110,11 +111,13 @@ def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache
 PARALLEL_FROM = 500  # files to parse from which a pool shares the work: below, forking costs more than it saves
 
 
-def _parse(paths: list[str], fields: dict[str, Any], shared: dict[str, Any], pool: Executor | None
-           ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None]:
-    """`_read_pruned` of each path, in order: in `pool` and here, a chunk each, when there are many."""
+def _parse(paths: list[str], fields: dict[str, Any], shared: dict[str, Any],
+           get_pool: Callable[[], Executor | None] | None) -> list[tuple[dict[str, Any], dict[str, Any],
+                                                                          dict[str, str]] | None]:
+    """`_read_pruned` of each path, in order: in the pool and here, a chunk each, when there are many."""
+    pool = get_pool() if get_pool is not None and len(paths) >= PARALLEL_FROM else None
     workers = getattr(pool, "_max_workers", 0)
-    if pool is None or workers < 1 or len(paths) < PARALLEL_FROM:
+    if pool is None or workers < 1:
         return [_read_pruned(p, fields, shared) for p in paths]
     size = -(-len(paths) // (workers + 1))
     futures = [pool.submit(_read_chunk, paths[i:i + size], fields) for i in range(size, len(paths), size)]

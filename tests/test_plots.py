@@ -174,6 +174,6 @@ def test_a_pool_parses_the_same_records_in_the_same_order(tmp_path: Path, monkey
     monkeypatch.setattr(results, "PARALLEL_FROM", 2)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool, \
             pytest.warns(UserWarning, match="broken.json"):
-        pooled = results.read_compact(folder, cache=False, pool=pool)
+        pooled = results.read_compact(folder, cache=False, pool=lambda: pool)
     assert pooled == alone and len(pooled) == 7
     assert len({id(r["_shared"]["spec"][1]) for r in pooled}) == 1
