@@ -74,20 +74,23 @@ def _feed(h: Any, value: Any, hashed: dict[int, tuple[Any, bytes]]) -> None:
         h.update(f"{type(value).__name__}:{value!r};".encode())
 
 
-@lru_cache(maxsize=1)
-def _code() -> bytes:
-    """What draws the figures: matplotlib's version and `harness.plots`' source (without importing matplotlib)."""
+@lru_cache(maxsize=8)
+def _code(module: str) -> bytes:
+    """What draws a job's figure: matplotlib's version and the source of `harness.plots`, of `harness.results` (the
+    loss curves) and of the job's own `module` (without importing matplotlib)."""
+    import sys
     from importlib.metadata import version
 
-    from harness import plots
+    from harness import plots, results
 
-    return f"matplotlib {version('matplotlib')}\n".encode() + Path(plots.__file__).read_bytes()
+    files = dict.fromkeys(str(m.__file__) for m in (plots, results, sys.modules[module]))
+    return f"matplotlib {version('matplotlib')}\n".encode() + b"".join(Path(f).read_bytes() for f in files)
 
 
 def digest(fn: Callable[..., Any], args: tuple[Any, ...], hashed: dict[int, tuple[Any, bytes]] | None = None) -> str:
     """What names a figure job: its function, its arguments and the code that draws it."""
     h = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}".encode())
-    h.update(_code())
+    h.update(_code(fn.__module__))
     _feed(h, args, {} if hashed is None else hashed)
     return h.hexdigest()[:32]
 

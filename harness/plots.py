@@ -285,15 +285,17 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]], svg: bo
 
 
 def plot_jobs(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
-              labels: dict[str, str], curves: pd.DataFrame, out: Path, formats: tuple[str, ...] = ("png",)
+              labels: dict[str, str], curves: pd.DataFrame | None, out: Path, formats: tuple[str, ...] = ("png",)
               ) -> list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]:
-    """The figures of `write_plots` as jobs (function, arguments), each writing its files into `out`."""
+    """The figures of `write_plots` as jobs (function, arguments), each writing its files into `out`; the loss
+    figure only with `curves`."""
     trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
     jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
         (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}", formats))
         for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
     jobs += [(bar_chart, (panels, labels, out / task, formats)) for task, panels in bars.items()]
-    jobs.append((loss_curves, (curves, out, formats)))
+    if curves is not None:
+        jobs.append((loss_curves, (curves, out, formats)))
     return jobs
 
 

@@ -39,6 +39,17 @@ def submit(frame: pd.DataFrame, records: list[dict[str, Any]], parts: list[tuple
     pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
     figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
                for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
-    curves = results.loss_curves(pretrains, results.split_overrides(specs))
-    drawer.submit(plots.plot_jobs(bars, frame, labels, curves, out, formats))
+    jobs = plots.plot_jobs(bars, frame, labels, None, out, formats)
+    # the loss logs are read by the job: its inputs are their names, sizes and mtimes, and an unchanged figure is
+    # neither drawn nor read again
+    jobs.append((loss_figure, (results.loss_logs(pretrains, results.split_overrides(specs)), out, formats)))
+    drawer.submit(jobs)
     return plots.reconstructions(figures, out)
+
+
+def loss_figure(logs: list[tuple[tuple[str, str], str, list[int]]], out: Path, formats: tuple[str, ...]
+                ) -> list[Path]:
+    """`pretrain_loss`: the curves of the pretraining `logs` (`harness.results.loss_logs`) drawn."""
+    from harness import plots, results
+
+    return plots.loss_curves(results.curves_from_logs(logs), out, formats)

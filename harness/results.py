@@ -275,16 +275,35 @@ def pretrain_setting(rec: dict[str, Any], split: frozenset[str] | None = None) -
 def loss_curves(pretrains: list[dict[str, Any]], split: frozenset[str] | None = None) -> pd.DataFrame:
     """One row per (panel, setting, logged step): mean and sample std of the loss over the seeds that logged that
     step, and their number n (a run cut short by a kill counts where it has values)."""
+    return curves_from_logs(loss_logs(pretrains, split))
+
+
+def loss_logs(pretrains: list[dict[str, Any]], split: frozenset[str] | None = None
+              ) -> list[tuple[tuple[str, str], str, list[int]]]:
+    """((panel, setting), log path, [size, mtime]) of each pretraining whose log is there: what `curves_from_logs`
+    reads, and what tells whether it changed."""
+    out = []
+    for rec in pretrains:
+        log = (rec.get("extra") or {}).get("log_jsonl")
+        try:
+            st = os.stat(log) if log else None
+        except OSError:
+            st = None
+        if st is not None and Path(log).is_file():
+            out.append((pretrain_setting(rec, split), str(log), [st.st_size, st.st_mtime_ns]))
+    return out
+
+
+def curves_from_logs(logs: list[tuple[tuple[str, str], str, list[int]]]) -> pd.DataFrame:
+    """`loss_curves` of the logs `loss_logs` found."""
     import numpy as np
     import pandas as pd
 
     runs: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = defaultdict(list)
-    for rec in pretrains:
-        log = (rec.get("extra") or {}).get("log_jsonl")
-        if log and Path(log).is_file():
-            steps, losses = read_loss(Path(log))
-            if losses:
-                runs[pretrain_setting(rec, split)].append((steps, losses))
+    for setting, log, _ in logs:
+        steps, losses = read_loss(Path(log))
+        if losses:
+            runs[tuple(setting)].append((steps, losses))
     parts = []
     for (panel, setting), curves in sorted(runs.items()):
         steps = np.concatenate([np.asarray(s) for s, _ in curves])

@@ -56,3 +56,27 @@ def test_the_order_of_a_lookup_does_not_matter_its_content_does() -> None:
     assert one == drawing.digest(note_and_write, (frame, {"b": "B", "a": "A"}))
     assert one != drawing.digest(note_and_write, (frame, {"a": "A", "b": "C"}))
     assert one != drawing.digest(note_and_write, (frame.astype("float32"), {"a": "A", "b": "B"}))
+
+
+def test_the_loss_figure_is_drawn_again_when_a_log_grows(tmp_path: Path) -> None:
+    """The loss job's inputs are its logs' names, sizes and mtimes: a pretraining that logged more is drawn again."""
+    import json
+
+    from harness import report_figures, results
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": i, "loss": 1.0 / (i + 1)}) for i in range(5)) + "\n")
+    pretrain = {"method": "mae", "recipe": {"epochs": 10}, "recipe_name": "tiny", "backbone": {"name": "mae_t"},
+                "extra": {"log_jsonl": str(log)}}
+
+    def draw() -> bool:
+        drawer = drawing.Drawer(tmp_path / "plots", workers=1)
+        drawer.submit([(report_figures.loss_figure, (results.loss_logs([pretrain]), tmp_path / "plots", ("png",)))])
+        drawn = not isinstance(drawer.pending[0][1], list)
+        assert drawer.results() == [tmp_path / "plots" / "pretrain_loss.png"]
+        return drawn
+
+    assert draw() and not draw()
+    with log.open("a") as f:
+        f.write(json.dumps({"step": 5, "loss": 0.1}) + "\n")
+    assert draw()
