@@ -92,10 +92,13 @@ def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache
     shared: dict[str, Any] = known.shared if known else {}
     hits = {e.name: known.get(e) for e in entries} if known else {}
     todo = [e for e in entries if hits.get(e.name) is None]
-    for entry, hit in zip(todo, _parse([e.path for e in todo], fields, shared, pool), strict=True):
+    parsed, texts = _parse([e.path for e in todo], fields, shared, pool)
+    for entry, hit in zip(todo, parsed, strict=True):
         hits[entry.name] = hit
-        if known and hit is not None:
+        if known and hit is not None and entry.name not in texts:
             known.put(entry, hit)
+    if known:
+        known.put_text(texts)
     out = []
     for entry in entries:
         if hits[entry.name] is None:
@@ -112,35 +115,49 @@ PARALLEL_FROM = 500  # files to parse from which a pool shares the work: below, 
 
 
 def _parse(paths: list[str], fields: dict[str, Any], shared: dict[str, Any],
-           get_pool: Callable[[], Executor | None] | None) -> list[tuple[dict[str, Any], dict[str, Any],
-                                                                          dict[str, str]] | None]:
-    """`_read_pruned` of each path, in order: in the pool and here, a chunk each, when there are many."""
+           get_pool: Callable[[], Executor | None] | None) -> tuple[list[Any], dict[str, str]]:
+    """(`_read_pruned` of each path, in order; the cache's entries of the files the workers parsed, as JSON: a
+    fragment of an object per chunk, by the names it holds): in the pool and here, a chunk each, when there are many.
+    A worker sends its chunk as JSON, which the cache writes as it is: quicker than pickling it there, unpickling it
+    here and encoding it again for the cache."""
     pool = get_pool() if get_pool is not None and len(paths) >= PARALLEL_FROM else None
     workers = getattr(pool, "_max_workers", 0)
     if pool is None or workers < 1:
-        return [_read_pruned(p, fields, shared) for p in paths]
+        return [_read_pruned(p, fields, shared) for p in paths], {}
     size = -(-len(paths) // (workers + 1))
     futures = [pool.submit(_read_chunk, paths[i:i + size], fields) for i in range(size, len(paths), size)]
-    out = [_read_pruned(p, fields, shared) for p in paths[:size]]  # this process's chunk, the first
-    for future in futures:
-        hits, blocks, problems = future.result()
-        for key, content in blocks.items():
+    out: list[Any] = [_read_pruned(p, fields, shared) for p in paths[:size]]  # this process's chunk, the first
+    texts: dict[str, str] = {}
+    for i, future in zip(range(size, len(paths), size), futures, strict=True):
+        body, blocks, problems = future.result()
+        entries = json.loads("{" + body + "}")
+        for key, content in json.loads(blocks).items():
             shared.setdefault(key, content)
         for message in problems:
             warnings.warn(message, stacklevel=4)
-        out += hits
-    return out
+        for path in paths[i:i + size]:
+            entry = entries.get(os.path.basename(path))
+            out.append(None if entry is None else (entry[2], entry[3], entry[4]))
+        texts.update(dict.fromkeys(entries, body))
+    return out, texts
 
 
-def _read_chunk(paths: list[str], fields: dict[str, Any]
-                ) -> tuple[list[tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None], dict[str, Any],
-                           list[str]]:
-    """In a worker: (`_read_pruned` of each path, the shared blocks they hold, the warnings they gave)."""
+def _read_chunk(paths: list[str], fields: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """In a worker: (the cache's entries of the files, `"name": [size, mtime, record, provenance, keys], ...`, the
+    shared blocks they hold, as JSON; the warnings they gave)."""
     shared: dict[str, Any] = {}
+    entries = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hits = [_read_pruned(p, fields, shared) for p in paths]
-    return hits, shared, [str(w.message) for w in caught]
+        for path in paths:
+            hit = _read_pruned(path, fields, shared)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if hit is not None:
+                entries[os.path.basename(path)] = [st.st_size, st.st_mtime_ns, *hit]
+    return json.dumps(entries)[1:-1], json.dumps(shared), [str(w.message) for w in caught]
 
 
 def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
@@ -181,6 +198,7 @@ class _Cache:
         self.path, self.changed = path, False
         self.key = json.dumps({"fields": fields, "provenance": KEEP}, sort_keys=True)
         self.entries: dict[str, list[Any]] = {}
+        self.texts: dict[str, str] = {}  # name -> a JSON fragment holding its entry (`put_text`)
         self.shared: dict[str, Any] = {}
         try:
             doc = json.loads(path.read_bytes())
@@ -212,18 +230,29 @@ class _Cache:
         except OSError:
             pass
 
+    def put_text(self, texts: dict[str, str]) -> None:
+        """Entries as JSON already: name -> a fragment of an object (`"name": [...], ...`) that holds its entry."""
+        for name in texts:
+            self.entries.pop(name, None)
+        self.texts.update(texts)
+        self.changed = self.changed or bool(texts)
+
     def save(self, names: set[str]) -> None:
         gone = set(self.entries) - names
         for name in gone:
             del self.entries[name]
         if not (self.changed or gone):
             return
-        used = {f"{k}-{v}" for hit in self.entries.values() for k, v in hit[4].items()}
-        shared = {k: v for k, v in self.shared.items() if k in used}
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            doc = {"version": CACHE_VERSION, "fields": self.key, "entries": self.entries, "shared": shared}
-            tmp.write_text(json.dumps(doc))
+            parts = [json.dumps(self.entries)[1:-1], *dict.fromkeys(self.texts.values())]
+            entries = "{" + ", ".join(p for p in parts if p) + "}"
+            # what the entries refer to: those here, and the fragments' (the blocks they name are all in `shared`)
+            used = {f"{k}-{v}" for hit in self.entries.values() for k, v in hit[4].items()} if not self.texts \
+                else set(self.shared)
+            shared = json.dumps({k: v for k, v in self.shared.items() if k in used})
+            tmp.write_text(f'{{"version": {CACHE_VERSION}, "fields": {json.dumps(self.key)}, "entries": {entries}, '
+                           f'"shared": {shared}}}')
             os.replace(tmp, self.path)
         except (OSError, TypeError, ValueError):  # read-only folder, or a value JSON cannot hold
             tmp.unlink(missing_ok=True)

@@ -175,5 +175,9 @@ def test_a_pool_parses_the_same_records_in_the_same_order(tmp_path: Path, monkey
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool, \
             pytest.warns(UserWarning, match="broken.json"):
         pooled = results.read_compact(folder, cache=False, pool=lambda: pool)
-    assert pooled == alone and len(pooled) == 7
+        cached = results.read_compact(folder, pool=lambda: pool)  # the workers' entries kept as they sent them
+    assert pooled == alone == cached and len(pooled) == 7
     assert len({id(r["_shared"]["spec"][1]) for r in pooled}) == 1
+    monkeypatch.setattr(results, "_read_pruned", lambda path, *a: pytest.fail(f"parsed again: {path}"))
+    (folder / "broken.json").unlink()
+    assert results.read_compact(folder) == alone  # every record from the cache
