@@ -117,9 +117,10 @@ class Drawer:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.workers = min(MAX_WORKERS, cpus) if workers is None else workers
 
-    def executor(self) -> Executor | None:
+    def executor(self, draw: bool = False) -> Executor | None:
         """The worker processes, started at the first call (a report with nothing to parse or draw starts none);
-        None where there is one CPU or no `fork`."""
+        None where there is one CPU or no `fork`. Started to parse, they load matplotlib themselves, meanwhile;
+        started to `draw`, they find it loaded here, once, before the fork."""
         import multiprocessing
         import threading
 
@@ -131,8 +132,10 @@ class Drawer:
 
             import pandas  # noqa: F401  the report needs it anyway: imported once, before the fork, not in each worker
 
+            if draw:
+                _warm()
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_warm)
+                                            initializer=None if draw else _warm)
             self.pool.submit(int)  # starts the workers now, not at the first job
         return self.pool
 
@@ -153,8 +156,8 @@ class Drawer:
             kept = self._kept(key)
             if kept is not None:
                 self.pending.append((key, kept))
-            elif self.executor() is not None:
-                self.pending.append((key, self.executor().submit(fn, *args)))
+            elif self.executor(draw=True) is not None:
+                self.pending.append((key, self.executor(draw=True).submit(fn, *args)))
             else:
                 self.pending.append((key, (fn, args)))
 
