@@ -1,9 +1,9 @@
 """The report's figures drawn beside its other work, and not drawn again when their data has not changed.
 
 A figure is drawn in Python by matplotlib, one CPU each; at 10,000 records the report's six figures cost about as much
-as everything else it does. `Drawer` starts its worker processes (forked) when the report first needs them: to parse
-a first reading's many records (`harness.results.read_compact`), while the process is still small, or to draw. They
-load matplotlib and its fonts as they start, and draw while the report writes its tables and the page's provenance.
+as everything else it does. `Drawer` starts its worker processes (forked, with pandas and matplotlib loaded) when the
+report first needs them: to parse a first reading's many records (`harness.results.read_compact`), while the process
+is still small, or to draw; they draw while the report writes its tables and the page's provenance.
 Where there is one CPU, or no `fork`, the jobs run in the report's process when their results are asked for.
 
 Each figure job is named by a digest of its inputs (the function, its arguments, frames hashed by content, and the
@@ -30,7 +30,7 @@ Job = tuple[Callable[..., list[Path]], tuple[Any, ...]]
 
 
 def _warm() -> None:
-    """A worker's start: matplotlib, its Agg backend and the font, loaded before the first figure is asked for."""
+    """matplotlib, its Agg backend and the font loaded, before the workers fork: once, not in each."""
     import io
 
     from matplotlib.figure import Figure
@@ -117,10 +117,10 @@ class Drawer:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.workers = min(MAX_WORKERS, cpus) if workers is None else workers
 
-    def executor(self, draw: bool = False) -> Executor | None:
+    def executor(self) -> Executor | None:
         """The worker processes, started at the first call (a report with nothing to parse or draw starts none);
-        None where there is one CPU or no `fork`. Started to parse, they load matplotlib themselves, meanwhile;
-        started to `draw`, they find it loaded here, once, before the fork."""
+        None where there is one CPU or no `fork`. They find pandas and matplotlib loaded here, once, before the
+        fork."""
         import multiprocessing
         import threading
 
@@ -132,10 +132,8 @@ class Drawer:
 
             import pandas  # noqa: F401  the report needs it anyway: imported once, before the fork, not in each worker
 
-            if draw:
-                _warm()
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=None if draw else _warm)
+            _warm()
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
             self.pool.submit(int)  # starts the workers now, not at the first job
         return self.pool
 
@@ -156,8 +154,8 @@ class Drawer:
             kept = self._kept(key)
             if kept is not None:
                 self.pending.append((key, kept))
-            elif self.executor(draw=True) is not None:
-                self.pending.append((key, self.executor(draw=True).submit(fn, *args)))
+            elif self.executor() is not None:
+                self.pending.append((key, self.executor().submit(fn, *args)))
             else:
                 self.pending.append((key, (fn, args)))
 
