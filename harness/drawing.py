@@ -102,8 +102,8 @@ def _stamp(path: Path) -> list[Any]:
 
 class Drawer:
     """Figure jobs (function, arguments; each returns the files it wrote into one folder), drawn in worker processes
-    started now, or in this process when there are no workers; jobs whose inputs and files are unchanged since the
-    last report into `folder` are not run. `results()` waits for them and returns their files in the order given."""
+    (`executor`), or in this process when there are none; jobs whose inputs and files are unchanged since the last
+    report into `folder` are not run. `results()` waits for them and returns their files in the order given."""
 
     def __init__(self, folder: Path, workers: int | None = None) -> None:
         self.folder, self.pool, self.closed = Path(folder), None, False
