@@ -2,9 +2,10 @@
 pretraining loss histories aggregated per setting (mean and spread over seeds at each logged step).
 
 A sweep leaves thousands of records of a few kilobytes each (resolved recipe, per-epoch history, provenance); the
-report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS`, so that the
-memory held grows with those values, not with the files. Histories are read only for the loss figure and reduced at
-once to one curve per setting: the figure's cost grows with the settings, not with the seeds.
+report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS` and the
+run's provenance for the HTML page (the blocks many runs share, once), so that the memory held grows with those
+values, not with the files; a records cache spares a repeated report the parsing. Histories are read only for the loss
+figure and reduced at once to one curve per setting: the figure's cost grows with the settings, not with the seeds.
 """
 
 from __future__ import annotations
