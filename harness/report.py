@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import report_html
+from harness import report_figures, report_html
 from harness.results import recipe_label, split_overrides
 from harness.stats import BASELINE_FAMILY, INTERVAL_NOTE, fmt_cell, fmt_delta, row_order, summarize
 from tasks.spec import Column, TaskSpec, all_columns
@@ -276,18 +276,19 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
                  plots: bool = True, top1: str = "last", plot_format: str | tuple[str, ...] = ("png",)) -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
     tables show the `top1` ('last' or 'best') epoch's top-1 and say which in their title."""
-    from harness import results, sweeps
+    from harness import drawing, results, sweeps
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
-    plot_format = _plot_formats(plot_format)
+    plot_format = report_figures.plot_formats(plot_format)
     if top1 not in TOP1:
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    drawer = drawing.Drawer(out / "plots") if plots else None  # its workers also parse a first reading's records
     specs = report_specs(records)
-    recs = results.read_compact(records_dir(records), results.report_fields(specs))
+    recs = results.read_compact(records_dir(records), results.report_fields(specs), pool=drawer and drawer.executor)
     frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1
@@ -308,6 +309,8 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
         shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": to_markdown(table)})
     labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
     k_of = sweeps.split_ks(set(labels), specs)
+    recon = report_figures.submit(frame, recs, parts, titles, labels, out / "plots", specs, plot_format, drawer) \
+        if drawer else []
     for name, table in sweeps.sweep_tables(summary, labels, k_of).items():
         title = f"Sweep of pretrain.{name.removeprefix('sweep_')}: one row per value (its own pretraining)"
         written += _write(table, out / name, formats, title)
@@ -332,8 +335,9 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     written += [out / "summary.csv", out / "runs.csv"]
     written.append(results.write_json(out / RESULTS_JSON, results.records_frame(recs, split_overrides(specs)), summary,
                                       shown))
-    if plots:
-        pics = _plots(frame, summary, recs, out / "plots", specs, plot_format)
+    page = report_html.prepare(recs, specs)  # the page's provenance, while the figures are drawn
+    if drawer:
+        pics = drawer.results() + recon
         pics += sweeps.write_sweeps(summary, labels, k_of, out / "plots", plot_format)
         written += pics
         shown_as = ".png" if "png" in plot_format else ".svg"
@@ -342,37 +346,8 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
     written += report_html.write_page(out, frame=frame, tables=tables(summary, specs), parts=parts, titles=titles,
-                                      reference=ref, records=recs, files=written, notes=index, specs=specs)
+                                      reference=ref, records=page, files=written, notes=index, specs=specs)
     return written
-
-
-def _plot_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    from harness.plots import FORMATS as PLOT_FORMATS
-
-    formats = tuple(f.strip() for f in (value.split(",") if isinstance(value, str) else value) if f.strip())
-    bad = [f for f in formats if f not in PLOT_FORMATS]
-    if bad or not formats:
-        raise ValueError(f"--plot-format: unknown {', '.join(bad) or 'nothing'} (known: {', '.join(PLOT_FORMATS)})")
-    return formats
-
-
-def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path,
-           specs: dict[str, TaskSpec], formats: tuple[str, ...]) -> list[Path]:
-    """The figures, from the frames and the finished pretrainings' loss logs and reconstructions."""
-    from harness import plots, results, store
-
-    labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
-    bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
-    for _, table, recipe, part, present in table_parts(summary, specs):
-        title = table_title(table, recipe, summary.attrs.get("in1k_top1", "last"), specs,
-                            table in summary.attrs.get("embedded", ()))
-        bars.setdefault(table, []).append((title, part, present))
-    latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
-    pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
-    figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
-               for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
-    return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains, split_overrides(specs)), figures,
-                             out, formats)
 
 
 def run(args: argparse.Namespace) -> int:
