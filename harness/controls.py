@@ -136,10 +136,11 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def verdict(part: pd.DataFrame, column: str, label: str, higher_is_better: bool = True) -> str | None:
-    """The line under a table for one column: whether its best backbone clears the floor, with the numbers; None when
-    the column has no floor row or no backbone row."""
+    """The line under a table for one column: whether its best pretrained backbone (a from-scratch one is no
+    candidate: its linear probe is the in1k floor itself) clears the floor, with the numbers; None when the column
+    has no floor row or no pretrained backbone's row."""
     floor = part[(part["column"] == column) & (part["family"] == "floor")]
-    rows = part[(part["column"] == column) & ~part["family"].isin(FAMILIES)]
+    rows = part[(part["column"] == column) & ~part["family"].isin((*FAMILIES, RANDOM_FAMILY))]
     if floor.empty or rows.empty:
         return None
     f = floor.iloc[0]
@@ -160,7 +161,7 @@ def verdicts(part: pd.DataFrame, present: list[str], spec: TaskSpec, labels: dic
     """One line per column of a table that has a floor row; without any, a line that says how to get one."""
     higher = {c.key: c.higher_is_better for c in spec.columns}
     lines = [v for c in present if (v := verdict(part, c, labels.get(c, c), higher.get(c, True))) is not None]
-    if not lines and "floor" in spec.controls:
+    if not lines and "floor" in spec.controls and not (part["family"] == "floor").any():
         lines = ["No floor row: run with --controls floor to see whether this task separates the backbones."]
     return lines
 

@@ -86,6 +86,16 @@ def test_verdict_with_one_seed_says_it_cannot_tell() -> None:
                                "floor (best mae_t 20.0 (n=1), floor 3.0 (n=1))")
 
 
+def test_verdict_compares_pretrained_backbones_only() -> None:
+    """A from-scratch backbone is no candidate for the best (in1k: its linear probe is the floor itself)."""
+    recs = _coco([2.0, 2.5, 3.0], [2.0, 2.1, 2.2], [3.0, 3.5, 4.0])
+    recs += [rec("scratch_t", "scratch", "coco", None, s, {"bbox_mAP": 30.0 + s, "segm_mAP": 30.0}) for s in range(3)]
+    lines = _tables(recs)["coco"].attrs["verdicts"]
+    assert lines[0].startswith(f"COCO APbox: {controls.NO_SEPARATION} (best mae_t 2.5 ± 0.5 (n=3)")
+    only_scratch = [r for r in recs if r["backbone"]["name"] not in ("mae_t", "sup_t")]
+    assert _tables(only_scratch)["coco"].attrs["verdicts"] == []  # a floor, but nothing pretrained to compare
+
+
 def test_verdict_without_a_floor_says_how_to_get_one() -> None:
     lines = _tables(_coco([20.0, 21.0], [18.0, 19.0], []))["coco"].attrs["verdicts"]
     assert lines == ["No floor row: run with --controls floor to see whether this task separates the backbones."]
