@@ -113,11 +113,24 @@ def row_bases(base: dict[str, Any], rec: dict[str, Any], spec: TaskSpec | None,
     from harness.results import recipe_label
 
     overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in control.overrides}
-    row = {**base, "backbone": LABELS[control.kind], "family": control.kind, "model": None,
-           "recipe": recipe_label({**rec, "overrides": overrides}, split)}
     name = str((rec.get("backbone") or {}).get("name") or "")
+    row = {**base, "backbone": LABELS[control.kind], "family": control.kind, "_source": name.removeprefix("random:"),
+           "recipe": recipe_label({**rec, "overrides": overrides}, split)}
     own = control.kind == "floor" and not control.overrides and not name.startswith("random:")
     return [base, row] if own else [row]
+
+
+def name_architectures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Control rows of one task and setting that stand for several architectures (a floor per architecture) are
+    named by theirs: `random frozen (floor), ViT-L` (the paper's name, else the backbone it takes it from)."""
+    sizes: dict[tuple[Any, ...], set[str]] = {}
+    for row in rows:
+        if row.get("family") in FAMILIES:
+            sizes.setdefault((row["task"], row["recipe"], row["backbone"]), set()).add(row["size"])
+    for row in rows:
+        if row.get("family") in FAMILIES and len(sizes[(row["task"], row["recipe"], row["backbone"])]) > 1:
+            row["backbone"] = f"{row['backbone']}, {row.get('model') or row.get('_source')}"
+    return rows
 
 
 def feeds(col: Column, rec: dict[str, Any], row: dict[str, Any], spec: TaskSpec | None) -> bool:
@@ -135,15 +148,22 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={n})" if n > 1 and not math.isnan(std) else f"{mean:.1f} (n={n})"
 
 
-def verdict(part: pd.DataFrame, column: str, label: str, higher_is_better: bool = True) -> str | None:
-    """The line under a table for one column: whether its best pretrained backbone (a from-scratch one is no
-    candidate: its linear probe is the in1k floor itself) clears the floor, with the numbers; None when the column
-    has no floor row or no pretrained backbone's row."""
-    floor = part[(part["column"] == column) & (part["family"] == "floor")]
+def verdict(part: pd.DataFrame, column: str, label: str, higher_is_better: bool = True) -> list[str]:
+    """The lines under a table for one column: whether its best pretrained backbone (a from-scratch one is no
+    candidate: its linear probe is the in1k floor itself) clears the floor of its architecture, with the numbers; none
+    when the column has no floor row or no pretrained backbone's row."""
+    floors = part[(part["column"] == column) & (part["family"] == "floor")]
     rows = part[(part["column"] == column) & ~part["family"].isin((*FAMILIES, RANDOM_FAMILY))]
-    if floor.empty or rows.empty:
-        return None
-    f = floor.iloc[0]
+    lines = []
+    for _, f in floors.iterrows():
+        same = rows[rows["size"] == f["size"]]
+        if not same.empty:
+            where = label if len(floors) == 1 else f"{label}, {f['label']}"
+            lines.append(_line(same, f, where, higher_is_better))
+    return lines
+
+
+def _line(rows: pd.DataFrame, f: pd.Series, label: str, higher_is_better: bool) -> str:
     best = rows.loc[rows["mean"].idxmax() if higher_is_better else rows["mean"].idxmin()]
     numbers = f"best {best['label']} {_fmt(best['mean'], best['std'], int(best['n']))}, floor " \
               f"{_fmt(f['mean'], f['std'], int(f['n']))}"
@@ -160,7 +180,7 @@ def verdict(part: pd.DataFrame, column: str, label: str, higher_is_better: bool 
 def verdicts(part: pd.DataFrame, present: list[str], spec: TaskSpec, labels: dict[str, str]) -> list[str]:
     """One line per column of a table that has a floor row; without any, a line that says how to get one."""
     higher = {c.key: c.higher_is_better for c in spec.columns}
-    lines = [v for c in present if (v := verdict(part, c, labels.get(c, c), higher.get(c, True))) is not None]
+    lines = [line for c in present for line in verdict(part, c, labels.get(c, c), higher.get(c, True))]
     if not lines and "floor" in spec.controls and not (part["family"] == "floor").any():
         lines = ["No floor row: run with --controls floor to see whether this task separates the backbones."]
     return lines

@@ -174,7 +174,7 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
     cols = ["run_id", "status", "kind", "task", "protocol", "recipe", "backbone", "family", "model", "size", "seed",
             "pretrain_epochs", "sweep_key", "sweep_value", "wall_time_s", "error", "log", "finished_at", "column",
             "value"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(controls.name_architectures(rows), columns=cols)
 
 
 # --- aggregating ---

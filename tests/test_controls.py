@@ -151,3 +151,18 @@ def test_floor_is_the_dashed_line_of_the_chart(tmp_path: Path) -> None:
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert sorted(line.get_ydata()[0] for line in dashed) == [3.5, 3.5]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["sup_t", "mae_t", "scratch_t", FLOOR]
+
+
+def test_floors_of_several_architectures_are_named_by_theirs() -> None:
+    base = {"arch": "vit_base_patch16_224", "arch_kwargs": {}, "paper_name": "ViT-B"}
+    large = {"arch": "vit_large_patch16_224", "arch_kwargs": {}, "paper_name": "ViT-L"}
+    recs = [rec("mae_b", "mae", "coco", None, 0, {"bbox_mAP": 40.0}, spec=base),
+            rec("mae_l", "mae", "coco", None, 0, {"bbox_mAP": 45.0}, spec=large),
+            rec("random:mae_b", "scratch", "coco", None, 0, {"bbox_mAP": 5.0}, spec=base, overrides=FREEZE),
+            rec("random:mae_l", "scratch", "coco", None, 0, {"bbox_mAP": 6.0}, spec=large, overrides=FREEZE)]
+    table = _tables(recs)["coco"].set_index("backbone")
+    assert table.loc[f"{FLOOR}, ViT-B", "COCO APbox"] == "5.0 (n=1)"
+    assert table.loc[f"{FLOOR}, ViT-L", "COCO APbox"] == "6.0 (n=1)"
+    lines = _tables(recs)["coco"].attrs["verdicts"]  # each floor against the backbones of its architecture
+    assert lines[0].startswith(f"COCO APbox, {FLOOR}, ViT-B: one seed cannot tell") and "best mae_b 40.0" in lines[0]
+    assert lines[1].startswith(f"COCO APbox, {FLOOR}, ViT-L: one seed cannot tell") and "best mae_l 45.0" in lines[1]
