@@ -94,7 +94,8 @@ def control_of(rec: dict[str, Any], spec: TaskSpec | None) -> Control | None:
         return pixels
     floor = spec.controls.get("floor")
     backbone = rec.get("backbone") or {}
-    if floor is None or (backbone.get("spec") or {}).get("family") != RANDOM_FAMILY or backbone.get("pretrain"):
+    if floor is None or (backbone.get("spec") or {}).get("family") != RANDOM_FAMILY or backbone.get("pretrain") \
+            or backbone.get("checkpoint"):  # weights given to a from-scratch entry: no longer random
         return None
     if floor.protocol is not None and rec.get("protocol") != floor.protocol:
         return None

@@ -43,6 +43,8 @@ def test_one_floor_per_architecture_and_one_pixel_run() -> None:
     # a from-scratch backbone of the suite is its architecture's random encoder (its linear probe is the in1k floor)
     specs["scratch_t"] = {**tiny, "family": "scratch"}
     assert controls.floor_backbones(specs) == ["scratch_t", "random:mae_b"]
+    assert controls.floor_backbones({**specs, "scratch_t": {**specs["scratch_t"], "checkpoint": "/w.pth"}}) == [
+        "random:mae_t", "random:mae_b"]  # given weights (--checkpoint), it is no random encoder
     spec = builtin_specs()
     in1k = [(c.kind, c.protocol, b) for c, b in controls.control_settings(spec["in1k"], ("floor", "pixels"), specs)]
     assert in1k == [("floor", "linprobe", "scratch_t"), ("floor", "linprobe", "random:mae_b"),
@@ -114,6 +116,9 @@ def test_in1k_floor_is_the_random_linear_probe_and_pixels_sit_in_the_linear_colu
     assert rows.loc["scratch_t", lp] == rows.loc[FLOOR, lp] == "30.5 ± 0.7 [24.1, 36.9] (n=2)"
     assert rows.loc[PIXELS, lp] == "71.0 ± 1.4 [58.3, 83.7] (n=2)" and rows.loc[PIXELS, ft] == ""
     assert rows.loc[FLOOR, ft] == ""
+    given = rec("scratch_t", "scratch", "in1k", "linprobe", 0, {"top1": 1.0}, run_id="given")
+    given["backbone"]["checkpoint"] = "/w.pth"  # weights given to a from-scratch entry: a backbone, not the floor
+    assert controls.control_of(given, builtin_specs()["in1k"]) is None
     (line,) = table.attrs["verdicts"]  # the floor is in the linear column only; pixels are no backbone
     assert line.startswith("IN1K linear top-1: separates: best mae_t 60.5 ± 0.7 (n=2), floor 30.5 ± 0.7 (n=2)")
 

@@ -246,7 +246,9 @@ def control_runs(inp: Inputs, runs: list[Run], records: dict[str, Record], sha_c
         kinds = parse_controls(opts.controls, "--controls") if opts.controls is not None else inp.preset.controls
     except ValueError as e:
         raise PlanError(str(e)) from None
-    specs = {name: spec.to_dict() for name, spec in inp.specs.items()}
+    # a from-scratch entry given weights (--checkpoint) is no random encoder
+    specs = {name: {**spec.to_dict(), "checkpoint": inp.given.get(name) or spec.checkpoint}
+             for name, spec in inp.specs.items()}
     planned, out = {r.run_id for r in runs if r.run_id}, []
     for seed in inp.seeds:
         for task, target in inp.suite:
