@@ -88,6 +88,7 @@ class PixelClassifier(nn.Module):
 
     protocol = "pixels"
     cacheable = True
+    n_frozen = 0  # no frozen block: `encode` is a view of the image
 
     def __init__(self, head: nn.Linear) -> None:
         super().__init__()
