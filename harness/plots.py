@@ -3,8 +3,9 @@ ready.
 
 * `<table>` (`in1k`, `coco`, `ade20k`): a grouped bar chart per task, one panel per setting (recipe with its
   overrides), backbones on the x axis, one bar per column (fine-tune, linear, partial; APbox, APmask; mIoU) with the
-  95% interval of the mean as error bars, the baseline first, the published value as a marker and a from-scratch
-  control as a dashed floor line (cf. MAE Figure 9 / Tables 3-5);
+  95% interval of the mean as error bars, the baseline first and the controls last, the published value as a marker
+  and the floor control (a random encoder, frozen: `harness.controls`) as a dashed line (cf. MAE Figure 9 / Tables
+  3-5);
 * `trend_vs_epochs`, `trend_vs_size`: accuracy against pretraining epochs or model size, one panel per column, one
   line per setting and family where that line has two or more values (MAE Figures 7 and 8); settings are never
   pooled;
@@ -89,7 +90,7 @@ def _save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> list[
 def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str, str], title: str) -> None:
     """Grouped bars: x = backbones in the report's order (the baseline first), one bar per column, error bars = the
     95% interval of the mean (`ci_lo`, `ci_hi`; none for n = 1), the published value as a black marker where the
-    setting matches the paper's, and a control's mean (`control` rows: training from scratch) as a dashed line; the
+    setting matches the paper's, and the floor's mean (`control` rows: a random encoder, frozen) as a dashed line; the
     values are written on the bars while they are few enough to read."""
     import numpy as np
 
@@ -111,7 +112,7 @@ def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str
                        label="published" if not _has_label(ax, "published") else None)
         controls = hit[hit["control"].fillna(False).astype(bool)] if "control" in hit else hit.iloc[:0]
         for label, value in controls["mean"].items():
-            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1, label=f"floor ({label}), {labels[col]}")
+            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1, label=f"{label}, {labels[col]}")
     ax.margins(y=0.12)  # room for the value labels
     ax.set_xlim(-0.5, len(backbones) - 0.5)
     ax.set_xticks(x, backbones, rotation=TICK_ROTATION, ha="right", rotation_mode="anchor", fontsize=TICK_SIZE)
@@ -139,7 +140,7 @@ def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[st
 
     widest = max(len(part["label"].unique()) * len(cols) for _, part, cols in panels)
     ticks = text_width([b for _, part, _ in panels for b in part["label"].unique()], TICK_SIZE)
-    floors = [f"floor ({b}), {labels[c]}" for _, part, cols in panels if "control" in part
+    floors = [f"{b}, {labels[c]}" for _, part, cols in panels if "control" in part
               for b, c, k in zip(part["label"], part["column"], part["control"], strict=True) if k and c in cols]
     legend = text_width([labels[c] for _, _, cols in panels for c in cols] + floors, 7) + 0.6
     angle = math.radians(TICK_ROTATION)

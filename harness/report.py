@@ -8,7 +8,7 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
   (Tables 3-5): the supervised baseline's row first, then one row per backbone (and pretraining length, where a
   setting holds several), each cell the mean +- sample std over seeds with its 95% t-interval and n, and Δ to the
   baseline of the same architecture, paired by seed (`harness.stats`); for recipe `paper`, the published number
-  beside a row of the same family and model size;
+  beside a row of the same family and model size; then the controls' rows and a verdict line (`harness.controls`);
 * `reference`: the paper's numbers (`harness.reference`);
 * `summary.csv` (one row per recipe, backbone and column, full precision: `harness.stats.SUMMARY_COLUMNS`),
   `runs.csv` (one row per run) and `results.json` (every run's identity and metrics, the cells and the tables);
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import report_figures, report_html
+from harness import controls, report_figures, report_html
 from harness.results import recipe_label, split_overrides
 from harness.stats import BASELINE_FAMILY, INTERVAL_NOTE, fmt_cell, fmt_delta, row_order, summarize
 from tasks.spec import Column, TaskSpec, all_columns
@@ -159,21 +159,22 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
             "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"), "log": rec.get("log"),
             "finished_at": rec.get("finished_at"),
         }
-        fed = False
         spec = specs.get(str(rec.get("task")))
-        for col in spec.columns if spec else ():
-            if col.protocol and rec.get("protocol") != col.protocol:
-                continue
-            value = _metric(rec.get("metrics") or {}, col, top1) if rec["status"] == "finished" else None
-            if value is not None:
-                rows.append({**base, "column": column_key(col, rec), "value": value})
-                fed = True
-        if not fed:
-            rows.append({**base, "column": None, "value": float("nan")})
+        for row in controls.row_bases(base, rec, spec, split):  # a control's row, beside or instead of its backbone's
+            fed = False
+            for col in spec.columns if spec else ():
+                if not controls.feeds(col, rec, row, spec):
+                    continue
+                value = _metric(rec.get("metrics") or {}, col, top1) if rec["status"] == "finished" else None
+                if value is not None:
+                    rows.append({**row, "column": column_key(col, rec), "value": value})
+                    fed = True
+            if not fed:
+                rows.append({**row, "column": None, "value": float("nan")})
     cols = ["run_id", "status", "kind", "task", "protocol", "recipe", "backbone", "family", "model", "size", "seed",
             "pretrain_epochs", "sweep_key", "sweep_value", "wall_time_s", "error", "log", "finished_at", "column",
             "value"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(controls.name_architectures(rows), columns=cols)
 
 
 # --- aggregating ---
@@ -208,7 +209,7 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
     import pandas as pd
 
     out: dict[str, pd.DataFrame] = {}
-    for stem, _, recipe, part, present in table_parts(summary, specs):
+    for stem, task, recipe, part, present in table_parts(summary, specs):
         cells: dict[tuple[str, str], Any] = {}
         for h in part.itertuples(index=False):
             cells.setdefault((h.label, h.column), h)
@@ -229,6 +230,8 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
                         else f"{h.published:.1f}"
             rows.append(row)
         out[stem] = pd.DataFrame(rows)
+        out[stem].attrs["verdicts"] = controls.verdicts(part, present, _specs(specs)[task],
+                                                        {c: column_label(c, specs) for c in present})
     return out
 
 
@@ -258,7 +261,7 @@ def _write(frame: pd.DataFrame, stem: Path, formats: list[str], title: str) -> l
     written = []
     if "md" in formats:
         p = stem.with_suffix(".md")
-        p.write_text(f"### {title}\n\n{to_markdown(frame)}")
+        p.write_text(f"### {title}\n\n{to_markdown(frame) + controls.verdict_text(frame)}")
         written.append(p)
     if "csv" in formats:
         p = stem.with_suffix(".csv")
@@ -305,8 +308,10 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     for name, table in tables(summary, specs).items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
-        index.append(f"### {title}\n\n{to_markdown(table)}")
-        shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": to_markdown(table)})
+        md = to_markdown(table) + controls.verdict_text(table)  # the verdicts under the table
+        index.append(f"### {title}\n\n{md}")
+        shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": md,
+                      "verdicts": table.attrs.get("verdicts", [])})
     labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
     k_of = sweeps.split_ks(set(labels), specs)
     recon = report_figures.submit(frame, recs, parts, titles, labels, out / "plots", specs, plot_format, drawer) \

@@ -35,7 +35,7 @@ FIELDS: dict[str, Any] = {
     "metrics": True, "recipe_name": True, "overrides": True, "method": True, "error": True, "log": True,
     "wall_time_s": True, "finished_at": True, "data_root": True,
     "recipe": {"name": True, "epochs": True, "partial": {"blocks": True}},
-    "backbone": {"name": True, "pretrain": True,
+    "backbone": {"name": True, "pretrain": True, "checkpoint": True,
                  "spec": {"family": True, "paper_name": True, "arch": True, "arch_kwargs": True,
                           "pretrain_epochs": True}},
     "extra": {"log_jsonl": True, "reconstruction": True},

@@ -143,8 +143,10 @@ def _task_section(task: str, stems: list[str], tables: dict[str, pd.DataFrame], 
             title = title[len(heading) + 1:].strip()
         elif embedded and names and title.startswith(names[0]):  # the borrowed name is not the data's
             title = title[len(names[0]):].strip(" ,")
-        blocks.append(f"<h3>{esc(title)}</h3>{markup.table(tables[stem], f'table-{anchor(stem)}')}")
-    caption = f"{task}: the mean over seeds, error bars the 95% t-interval (n ≥ 2), dashed lines the from-scratch floor"
+        verdicts = "".join(f'<p class="verdict">{esc(v)}</p>' for v in tables[stem].attrs.get("verdicts", ()))
+        blocks.append(f"<h3>{esc(title)}</h3>{markup.table(tables[stem], f'table-{anchor(stem)}')}{verdicts}")
+    caption = (f"{task}: the mean over seeds, error bars the 95% t-interval (n ≥ 2), dashed lines the floor (a random "
+               "encoder, frozen)")
     figure = markup.figure(chart, caption) if chart else ""
     body = f'{note}<div class="pair"><div class="tables">{"".join(blocks)}</div>{figure}</div>'
     return Section(f"task-{anchor(task)}", heading, body, tag=task)
