@@ -14,13 +14,16 @@ measures, on the same Fashion-MNIST garments (train canvases from the train spli
   `coco/1x`     every garment at 28 px, its frame on the patch grid; `coco/1x/tile`;
   `coco/1x/32grid/tile` garments' 32 px frames on a 32 px grid, the pretraining grid tiled: every garment at the
                 position embedding of pretraining, only the attention reaches the whole canvas;
+  `coco-v3/window` `embedded.coco` version 3 as its recipe (version 6) reads it: garments in 32 px slots of 64 or
+                96 px canvases, attention within 8 x 8 token windows (one slot each), the pretraining grid in each;
   `crop32`      a 32 px crop of the `coco/1x` canvas around each garment (pretraining grid, the canvas's context);
 - per-setting feature statistics: mean token norm and the largest channel's mean |activation| over the median one;
 - token by token, the cosine similarity of a garment's 8 x 8 tokens alone (`iso32`) and inside a `coco/1x` canvas
   (its frame on the patch grid), with the grid stretched and tiled.
 
-Usage: `python benchmarks/dense_probe.py --encoder mae=mae_vit_tiny_patch4:PATH --encoder random=scratch_vit_tiny_patch4`
-(NAME=BACKBONE[:CHECKPOINT]; no checkpoint: the backbone's random initialisation, seeded). CPU, about a minute.
+Usage: `python benchmarks/dense_probe.py --encoder mae=mae_vit_tiny_patch4:PATH
+--encoder random=scratch_vit_tiny_patch4` (NAME=BACKBONE[:CHECKPOINT]; no checkpoint: the backbone's random initialisation, seeded). CPU: about 40 s of one
+core per encoder.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from embedded import coco, fashion_mnist  # noqa: E402
 
 FRAME, GARMENT = 32, 28  # the pretraining input and the garment inside it
 NOISE = 24  # embedded.coco's background: uniform 0..23 grey levels
+# embedded.coco's geometry up to its version 2 (the one under diagnosis): 64-96 px canvases, garments 21-42 px anywhere
+V2_SIDES, V2_SCALE = (64, 80, 96), (0.75, 1.5)
 
 
 @dataclass
@@ -54,18 +59,18 @@ class Canvas:
 
 def make_canvases(
     images: np.ndarray, labels: np.ndarray, n: int, seed: int, *, scale: bool = True, noise: bool = True,
-    grid: int = 1,
+    grid: int = 1, sides: tuple[int, ...] = V2_SIDES,
 ) -> list[Canvas]:
-    """Canvases in `embedded.coco`'s geometry (sides, scales, 1..MAX_OBJECTS non-overlapping garments), drawing the
-    same garments whatever the options (`scale=False`: every garment at 28 px; `grid`: corners on multiples of it,
-    less the frame's margin, so that a 28 px garment's 32 px frame sits on the patch grid)."""
+    """Canvases in `embedded.coco`'s version-2 geometry (sides, scales, 1..MAX_OBJECTS non-overlapping garments),
+    drawing the same garments whatever the options (`scale=False`: every garment at 28 px; `grid`: corners on
+    multiples of it, less the frame's margin, so that a 28 px garment's 32 px frame sits on the patch grid)."""
     import cv2
 
     pick, place = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
     out = []
     for _ in range(n):
-        h, w = (int(pick.choice(coco.CANVAS_SIDES)) for _ in range(2))
-        specs = [(int(pick.integers(len(images))), pick.uniform(*coco.SCALE_RANGE))
+        h, w = (int(pick.choice(sides)) for _ in range(2))
+        specs = [(int(pick.integers(len(images))), pick.uniform(*V2_SCALE))
                  for _ in range(int(pick.integers(1, coco.MAX_OBJECTS + 1)))]
         image = place.integers(0, NOISE, size=(h, w), dtype=np.uint8) if noise else np.zeros((h, w), np.uint8)
         c = Canvas(image, target=np.full((h, w), 10, np.int64))
@@ -96,7 +101,9 @@ def isolated(canvases: list[Canvas], images: np.ndarray, noise: bool) -> list[Ca
     m = (FRAME - GARMENT) // 2
     for c in canvases:
         for idx, label in zip(c.indices, c.labels, strict=True):
-            img = rng.integers(0, NOISE, (FRAME, FRAME), dtype=np.uint8) if noise else np.zeros((FRAME, FRAME), np.uint8)
+            img = np.zeros((FRAME, FRAME), np.uint8)
+            if noise:
+                img = rng.integers(0, NOISE, (FRAME, FRAME), dtype=np.uint8)
             img[m : m + GARMENT, m : m + GARMENT] = np.maximum(img[m : m + GARMENT, m : m + GARMENT], images[idx])
             target = np.full((FRAME, FRAME), 10, np.int64)
             target[m : m + GARMENT, m : m + GARMENT][images[idx] > coco.SILHOUETTE_THRESHOLD] = label
@@ -125,19 +132,26 @@ class Encoder:
         from backbones.registry import get_spec
 
         torch.manual_seed(0)
-        self.model = HarnessViT(backbone, checkpoint=checkpoint, pyramid="simple", drop_path_rate=0.0).eval()
+        # window attention is used by pos='window' only (the version-3 recipe); the other forwards are written below
+        self.model = HarnessViT(
+            backbone, checkpoint=checkpoint, pyramid="simple", drop_path_rate=0.0, window_size=8, global_blocks=(),
+            window_pos="tile",
+        ).eval()
         spec = get_spec(backbone)
         self.mean, self.std, self.patch = spec.mean[0], spec.std[0], spec.patch_size
 
     @torch.no_grad()
     def tokens(self, image: np.ndarray, pos: str) -> torch.Tensor:
         """[H, W] uint8 -> last block's map [D, H / patch, W / patch]; `pos`: 'stretch' (ViTDet: the pretrained grid
-        resampled to the image's) or 'tile' (the pretrained grid repeated)."""
+        resampled to the image's) or 'tile' (the pretrained grid repeated), global attention; 'window': the COCO recipe
+        of version 6 (the grid tiled, attention within 8 x 8 token windows)."""
         from backbones.mm.vit import abs_pos_on_grid
 
         vit = self.model.vit
         x = (torch.from_numpy(image).float() / 255 - self.mean) / self.std
         x = x[None, None].expand(1, 3, -1, -1)
+        if pos == "window":
+            return self.model._block_maps(x)[0][0]
         t = vit.patch_embed(x)  # [1, h, w, D]
         _, h, w, D = t.shape
         g = tuple(vit.patch_embed.grid_size)
@@ -230,9 +244,12 @@ def token_cosine(enc: Encoder, aligned: list[Canvas], images: np.ndarray, pos: s
     return float(np.mean(sims))
 
 
-SETTINGS = ("iso32", "iso32+noise", "crop32", "coco", "coco/tile", "coco/1x", "coco/1x/tile", "coco/1x/32grid/tile")
+SETTINGS = (
+    "iso32", "iso32+noise", "crop32", "coco", "coco/tile", "coco/1x", "coco/1x/tile", "coco/1x/32grid/tile",
+    "coco-v3/window",
+)
 MAX_TOKENS = 8000  # train tokens of the per-token probe (CPU time)
-TOKEN_SETTINGS = ("iso32", "coco", "coco/tile", "coco/1x/32grid/tile")
+TOKEN_SETTINGS = ("iso32", "coco", "coco/1x/32grid/tile", "coco-v3/window")
 
 
 def build_sets(n_canvas: int, seed: int) -> tuple[dict[str, tuple[list[Canvas], list[Canvas], str]], np.ndarray]:
@@ -245,6 +262,7 @@ def build_sets(n_canvas: int, seed: int) -> tuple[dict[str, tuple[list[Canvas], 
         base = make_canvases(images, labels, n_canvas, s)
         one = make_canvases(images, labels, n_canvas, s, scale=False, grid=4)
         tiled = make_canvases(images, labels, n_canvas, s, scale=False, grid=FRAME)
+        v3 = make_canvases(images, labels, n_canvas, s, scale=False, grid=FRAME, sides=coco.CANVAS_SIDES)
         variants = {
             "iso32": (isolated(base, images, noise=False), "stretch"),
             "iso32+noise": (isolated(base, images, noise=True), "stretch"),
@@ -254,6 +272,7 @@ def build_sets(n_canvas: int, seed: int) -> tuple[dict[str, tuple[list[Canvas], 
             "coco/1x": (one, "stretch"),
             "coco/1x/tile": (one, "tile"),
             "coco/1x/32grid/tile": (tiled, "tile"),
+            "coco-v3/window": (v3, "window"),
         }
         for k, (cs, pos) in variants.items():
             tr = sets.get(k, ([], [], pos))
