@@ -21,9 +21,9 @@ measures, on the same Fashion-MNIST garments (train canvases from the train spli
 - token by token, the cosine similarity of a garment's 8 x 8 tokens alone (`iso32`) and inside a `coco/1x` canvas
   (its frame on the patch grid), with the grid stretched and tiled.
 
-Usage: `python benchmarks/dense_probe.py --encoder mae=mae_vit_tiny_patch4:PATH
---encoder random=scratch_vit_tiny_patch4` (NAME=BACKBONE[:CHECKPOINT]; no checkpoint: the backbone's random initialisation, seeded). CPU: about 40 s of one
-core per encoder.
+Usage: `python benchmarks/dense_probe.py --encoder mae=mae_vit_tiny_patch4:PATH --encoder
+random=scratch_vit_tiny_patch4` (NAME=BACKBONE[:CHECKPOINT]; no checkpoint: the backbone's random initialisation,
+seeded). CPU: about 40 s of one core per encoder.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """An embedded COCO-2017-layout instance segmentation set, built from real Fashion-MNIST garments.
 
-Each canvas (64 or 96 pixels a side, a grid of 32 px slots) holds one to three garments (Xiao et al. 2017) in
-random slots, each at the tiny encoders' pretraining geometry (the 28 px garment 2 px inside its 32 px slot, as the
-ImageNet layout pads it), on a dim noisy background; each garment is one instance annotated as in COCO (Lin et al.
-2014, the format of `instances_*2017.json`): its silhouette as polygons (external contours, holes filled), the tight box and the area of
-that silhouette as pycocotools computes them, `iscrowd=0`, and one of ten categories (ids 1..10 in Fashion-MNIST label
-order). Garments never overlap, so every mask is exactly what the image shows.
+Each canvas (64 or 96 pixels a side, a grid of 32 px slots) holds one to three garments (Xiao et al. 2017) in random
+slots, each at the tiny encoders' pretraining geometry (the 28 px garment 2 px inside its 32 px slot, as the ImageNet
+layout pads it), on a dim noisy background; each garment is one instance annotated as in COCO (Lin et al. 2014, the
+format of `instances_*2017.json`): its silhouette as polygons (external contours, holes filled), the tight box and the
+area of that silhouette as pycocotools computes them, `iscrowd=0`, and one of ten categories (ids 1..10 in Fashion-
+MNIST label order). Garments never overlap, so every mask is exactly what the image shows.
 
 The layout is the real one, `root/{train2017,val2017}/*.png` and `root/annotations/instances_{train,val}2017.json`,
 so pycocotools' `COCO` and mmdet's `CocoDataset` (with `metainfo=dict(classes=CLASSES)`) read it unchanged. Train
