@@ -1,10 +1,11 @@
 """An embedded COCO-2017-layout instance segmentation set, built from real Fashion-MNIST garments.
 
-Each canvas (64 to 96 pixels a side) holds one to three garments (Xiao et al. 2017) at random positions and scales, on
-a dim noisy background; each garment is one instance annotated as in COCO (Lin et al. 2014, the format of
-`instances_*2017.json`): its silhouette as polygons (external contours, holes filled), the tight box and the area of
-that silhouette as pycocotools computes them, `iscrowd=0`, and one of ten categories (ids 1..10 in Fashion-MNIST label
-order). Garments never overlap, so every mask is exactly what the image shows.
+Each canvas (64 or 96 pixels a side, a grid of 32 px slots) holds one to three garments (Xiao et al. 2017) in random
+slots, each at the tiny encoders' pretraining geometry (the 28 px garment 2 px inside its 32 px slot, as the ImageNet
+layout pads it), on a dim noisy background; each garment is one instance annotated as in COCO (Lin et al. 2014, the
+format of `instances_*2017.json`): its silhouette as polygons (external contours, holes filled), the tight box and the
+area of that silhouette as pycocotools computes them, `iscrowd=0`, and one of ten categories (ids 1..10 in Fashion-
+MNIST label order). Garments never overlap, so every mask is exactly what the image shows.
 
 The layout is the real one, `root/{train2017,val2017}/*.png` and `root/annotations/instances_{train,val}2017.json`,
 so pycocotools' `COCO` and mmdet's `CocoDataset` (with `metainfo=dict(classes=CLASSES)`) read it unchanged. Train
@@ -23,14 +24,19 @@ from embedded import fashion_mnist
 from embedded.cache import ensure_versioned, mark_version
 
 CLASSES = fashion_mnist.CLASSES  # category id = label + 1
-FORMAT_VERSION = 2  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
+FORMAT_VERSION = 3  # bumped whenever `write` changes what it writes: a cached set of another version is rewritten
 # Small for CPU: an epoch of the tiny recipe is 50 steps of 4 canvases. 200 val canvases (about 400 garments): with 50,
 # the same two models' APs moved by 4 to 6 points between val sets, more than the differences being measured.
 N_TRAIN, N_VAL = 200, 200
-# Height and width, drawn independently from 64, 80, 96: a batch is padded to its largest image, and a tiny ViT's
-# attention cost grows with the square of the token count (96 x 96 px = 576 patches of 4 x 4).
-CANVAS_SIDES = (64, 80, 96)
-SCALE_RANGE = (0.75, 1.5)  # garment side = 28 * scale -> 21 to 42 pixels, around the tiny ViT's pretraining scale
+# Height and width, drawn independently from 64, 96: whole 32 px slots (2 or 3 a side).
+CANVAS_SIDES = (64, 96)
+# Version 3: garments at the pretraining scale and on the pretraining frame. Up to version 2 garments were 21-42 px at
+# any position; benchmarks/dense_probe.py measured that the tiny encoders (pretrained on centred 28 px garments only)
+# keep their garment features only where the pretraining position grid lies exactly under the garment: MAE's frozen
+# top-1 on garments fell from 59 (alone, or a 32 px crop of the canvas) to 26-33 on those canvases whatever the
+# position embedding's treatment (stretched or tiled off the garment), 50 with the grid tiled on the garment.
+SLOT = 32  # the pretraining input's side
+GARMENT = 28  # Fashion-MNIST's side; (SLOT - GARMENT) / 2 = 2 px margin, the ImageNet layout's padding
 MAX_OBJECTS = 3
 SILHOUETTE_THRESHOLD = 10  # grey level above which a Fashion-MNIST pixel belongs to the garment
 SPLITS = {"train": "train", "val": "test"}  # COCO split -> Fashion-MNIST split
@@ -54,46 +60,35 @@ def _silhouette_polygons(garment: np.ndarray) -> list[list[float]]:
     return polygons
 
 
-def _place(
-    rng: np.random.Generator, h: int, w: int, side: int, taken: list[tuple[int, int, int, int]]
-) -> tuple[int, int] | None:
-    """A free top-left corner for a `side`-pixel square, or None after a few tries (boxes never overlap)."""
-    for _ in range(20):
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        if all(y + side <= ty or ty + ts <= y or x + side <= tx or tx + ts <= x for ty, tx, ts, _ in taken):
-            return y, x
-    return None
+def _slots(rng: np.random.Generator, h: int, w: int, n: int) -> list[tuple[int, int]]:
+    """Top-left corners of `n` distinct random garment frames: 32 px slots of the canvas, the garment 2 px inside."""
+    margin = (SLOT - GARMENT) // 2
+    cells = rng.permutation((h // SLOT) * (w // SLOT))[:n]
+    return [(int(c // (w // SLOT)) * SLOT + margin, int(c % (w // SLOT)) * SLOT + margin) for c in cells]
 
 
 def _canvas(
     rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, image_id: int, first_ann_id: int
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One canvas `[H, W, 3]` uint8 and its annotations."""
-    import cv2
     from pycocotools import mask as mask_utils
 
     h, w = (int(rng.choice(CANVAS_SIDES)) for _ in range(2))
     canvas = rng.integers(0, 24, size=(h, w), dtype=np.uint8)  # [H, W] dim sensor-like noise
-    taken: list[tuple[int, int, int, int]] = []
     anns: list[dict[str, Any]] = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        side = int(round(28 * rng.uniform(*SCALE_RANGE)))
-        corner = _place(rng, h, w, side, taken)
-        if corner is None:
-            continue
+    for y, x in _slots(rng, h, w, int(rng.integers(1, MAX_OBJECTS + 1))):
         idx = int(rng.integers(len(images)))
-        garment = cv2.resize(images[idx], (side, side), interpolation=cv2.INTER_LINEAR)  # [side, side]
+        garment = images[idx]  # [28, 28], its own pixels
         polygons = _silhouette_polygons(garment)
         if not polygons:
             continue
-        y, x = corner
+        side = GARMENT
         canvas[y : y + side, x : x + side] = np.maximum(canvas[y : y + side, x : x + side], garment)
         polygons = [[v + (x if i % 2 == 0 else y) for i, v in enumerate(p)] for p in polygons]
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
         area = float(mask_utils.area(rle))
         if area <= 0:
             continue
-        taken.append((y, x, side, idx))
         box = [round(float(v), 2) for v in mask_utils.toBbox(rle)]
         anns.append(
             dict(id=first_ann_id + len(anns), image_id=image_id, category_id=int(labels[idx]) + 1,

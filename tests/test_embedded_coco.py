@@ -79,9 +79,32 @@ def test_masks_cover_the_drawn_garments(small_set: Path) -> None:
         for ann in anns:
             mask = api.annToMask(ann).astype(bool)
             union |= mask
-            assert grey[mask].mean() > 60, (image_id, ann["id"])
+            # the silhouette (holes filled) is the garment's pixels above the threshold, a few dark inner ones aside
+            assert (grey[mask] > coco.SILHOUETTE_THRESHOLD).mean() > 0.8, (image_id, ann["id"])
         near = cv2.dilate(union.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # polygon edges: +-2 px
         assert grey[~near].max() < 60  # nothing bright outside the instances: no unannotated garment
+
+
+def test_garments_sit_in_the_pretraining_frame_of_their_slot(small_set: Path) -> None:
+    """Version 3's geometry: canvases of whole 32 px slots; each garment inside the 28 px frame 2 px into its own slot
+    (the tiny encoders' pretraining input), at most one garment per slot."""
+    from pycocotools.coco import COCO
+
+    api = COCO(str(coco.ann_file(small_set, "train")))
+    sides = set()
+    for image_id, info in api.imgs.items():
+        assert info["height"] in coco.CANVAS_SIDES and info["width"] in coco.CANVAS_SIDES
+        sides.add(info["height"])
+        slots = []
+        for ann in api.loadAnns(api.getAnnIds(imgIds=image_id)):
+            x, y, w, h = ann["bbox"]
+            sy, sx = int(y // coco.SLOT), int(x // coco.SLOT)
+            margin = (coco.SLOT - coco.GARMENT) // 2
+            assert sy * coco.SLOT + margin <= y and y + h <= sy * coco.SLOT + margin + coco.GARMENT, ann
+            assert sx * coco.SLOT + margin <= x and x + w <= sx * coco.SLOT + margin + coco.GARMENT, ann
+            slots.append((sy, sx))
+        assert len(set(slots)) == len(slots)
+    assert sides == set(coco.CANVAS_SIDES)
 
 
 def test_categories_are_the_garments_drawn(small_set: Path) -> None:
