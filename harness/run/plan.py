@@ -121,7 +121,9 @@ def build_plan(opts: RunOptions) -> Plan:
     inp = read_inputs(opts)
     out = Path(opts.out)
     records = latest_records(out / "records")
-    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep_of(opts))
+    sweep = sweep_of(opts)
+    retrain = opts.pretrain or sweep is not None or opts.pretrain_epochs is not None  # both mean a pretraining
+    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep, retrain)
     weights = local_weights(inp, made)
     runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
     jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
@@ -145,11 +147,12 @@ def sweep_of(opts: RunOptions) -> Sweep | None:
 
 
 def pretrain_runs(inp: Inputs, records: dict[str, Record], force: bool, epochs: int | None,
-                  sweep: Sweep | None = None) -> dict[str, list[Run]]:
-    """The preset's pretrainings, for its backbones that no --checkpoint replaces: one per backbone, or one per value
-    of `sweep` for the backbones whose recipe has the swept key."""
+                  sweep: Sweep | None = None, retrain: bool = True) -> dict[str, list[Run]]:
+    """The preset's pretrainings, for its backbones that no --checkpoint replaces and, unless `retrain` (--pretrain),
+    that ship no weights: one per backbone, or one per value of `sweep` for the backbones whose recipe has the key."""
     pre, made = inp.preset.pretrain, {}
-    names = [n for n in inp.specs if pre and n in pre.backbones and n not in inp.given]
+    names = [n for n in inp.specs if pre and n in pre.backbones and n not in inp.given
+             and (retrain or not (inp.specs[n].checkpoint or inp.specs[n].url))]
     if sweep and not names:
         raise PlanError(f"{SWEEP_FLAG} pretrain.{sweep.key}: the preset makes no pretraining to sweep")
     recipes = {pre.backbones[n]: pre.recipe.format(method=pre.backbones[n]) if pre.recipe else None for n in names}
