@@ -119,16 +119,17 @@ def build_plan(opts: RunOptions) -> Plan:
     check_log_backend(opts.log_backend)
     check_launcher(opts.launcher)
     inp = read_inputs(opts)
+    jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
+    if jobs < 1:
+        raise PlanError(f"--jobs must be at least 1, got {jobs}")
     out = Path(opts.out)
     records = latest_records(out / "records")
     sweep = sweep_of(opts)
     retrain = opts.pretrain or sweep is not None or opts.pretrain_epochs is not None  # both mean a pretraining
     made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep, retrain)
     weights = local_weights(inp, made)
-    runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
-    jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
-    if jobs < 1:
-        raise PlanError(f"--jobs must be at least 1, got {jobs}")
+    sha_cache = None if opts.dry_run else out / "work" / "sha256_cache.json"  # a dry run writes nothing
+    runs = task_runs(inp, made, weights, records, sha_cache, opts)
     shares = [{}] if opts.launcher == "slurm" else machine_shares(
         jobs, opts.gpus if opts.launcher == "torchrun" else 1, opts.device)
     pretrains = [r for rs in made.values() for r in rs]
@@ -215,7 +216,7 @@ def local_weights(inp: Inputs, made: dict[str, list[Run]]) -> dict[str, str | No
 
 
 def task_runs(inp: Inputs, made: dict[str, list[Run]], weights: dict[str, str | None], records: dict[str, Record],
-              sha_cache: Path, opts: RunOptions) -> list[Run]:
+              sha_cache: Path | None, opts: RunOptions) -> list[Run]:
     """One run per (seed, task, protocol, backbone, pretraining setting): a whole table per seed first."""
     runs = []
     for seed in inp.seeds:
@@ -247,7 +248,7 @@ def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[s
     return list(chosen)
 
 
-def _resolve(run: Run, records: dict[str, Record], sha_cache: Path, force: bool) -> None:
+def _resolve(run: Run, records: dict[str, Record], sha_cache: Path | None, force: bool) -> None:
     """Gives a task run its checkpoint, sha256, id and plan status, once its weights exist."""
     if run.after is not None:
         if run.after.status not in ("done", "finished"):
