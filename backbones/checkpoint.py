@@ -40,7 +40,22 @@ def resolve_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None) -> Pat
     path = Path(source).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (backbone {spec.name!r})")
+    _check_own_file(spec, path)
     return path
+
+
+def _check_own_file(spec: BackboneSpec, path: Path) -> None:
+    """The entry's own local file (the project's shipped tiny encoders) must have the entry's sha256."""
+    from backbones.weights import file_sha256, hash_matches
+
+    if not (spec.checkpoint and spec.sha256) or path.resolve() != Path(spec.checkpoint).expanduser().resolve():
+        return
+    digest = file_sha256(path)
+    if not hash_matches(digest, spec.sha256.lower()):
+        raise CheckpointError(
+            f"{path} has sha256 {digest}, but backbone {spec.name!r} pins {spec.sha256}: the file was changed; "
+            f"restore it, or remake it with the command in its record ({path.with_suffix('.json').name})"
+        )
 
 
 def _downloaded(spec: BackboneSpec, url: str) -> Path:

@@ -13,6 +13,7 @@ BEiT publish no checksum, so theirs is None and `harness download` asks the user
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from backbones.registry import BackboneSpec, register_spec
@@ -29,7 +30,7 @@ S16 = {"arch": "vit_small_patch16_224", "layer_decay": 0.65, "dense_taps": TAPS_
 L16 = {"layer_decay": 0.75, "dense_taps": TAPS_24, "paper_name": "ViT-L"}
 
 # The tiny ViT of the embedded preset: 32x32 inputs (Fashion-MNIST padded from 28), 4x4 patches -> an 8x8 grid.
-# Its weights come from `harness pretrain` (the file is given at load time).
+# Its weights come from `harness pretrain`: the three pretrained ones ship in backbones/pretrained/ (`tiny_weights`).
 TINY = {
     "arch": "vit_tiny_patch16_224", "checkpoint_format": "harness",
     "arch_kwargs": {"patch_size": 4, "embed_dim": 96, "depth": 6, "num_heads": 3},
@@ -37,6 +38,21 @@ TINY = {
     # Fashion-MNIST statistics (grey replicated to RGB), measured on its 60,000 training images.
     "mean": (0.2860, 0.2860, 0.2860), "std": (0.3530, 0.3530, 0.3530), "params": 682_272,
 }  # fmt: skip
+
+# The tiny encoders this project pretrains and ships: `<name>.pth` (official-MAE format, as `harness pretrain` exports
+# it) with `<name>.json` beside it, its record: the `harness pretrain` command that remakes the file bit for bit, the
+# compute budget, the sanity figure. Every load checks the file against this sha256.
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+TINY_SHA256 = {
+    "mae_vit_tiny_patch4": "5f236d8e7497e140e9cf8a24896d03c2032fac9debecb8b29b814b7ecfd240f6",
+    "supervised_vit_tiny_patch4": "2860689dc13a89d5b742d85cd269fd27cac172ebcb8bb5b2528c7cb8193cdb1e",
+    "mocov3_vit_tiny_patch4": "ec4c4846726e6aa7d4539201f524b880c04f6a8bf836eaff94f068ced1e3066f",
+}
+
+
+def tiny_weights(name: str) -> dict[str, str]:
+    return {"checkpoint": str(PRETRAINED_DIR / f"{name}.pth"), "sha256": TINY_SHA256[name]}
+
 
 MAE_URL = "https://dl.fbaipublicfiles.com/mae/pretrain/"
 DINO_URL = "https://dl.fbaipublicfiles.com/dino/"
@@ -108,13 +124,16 @@ DEFAULT_SPECS: dict[str, dict[str, Any]] = {
     ),
     # --- Tiny ViTs of the embedded preset ---
     "mae_vit_tiny_patch4": dict(
-        **TINY, family="mae", description="tiny ViT, MAE-pretrained by this project on Fashion-MNIST"
+        **TINY, **tiny_weights("mae_vit_tiny_patch4"), family="mae",
+        description="tiny ViT, MAE-pretrained by this project on Fashion-MNIST"
     ),
     "supervised_vit_tiny_patch4": dict(
-        **TINY, family="supervised", description="tiny ViT, supervised by this project on Fashion-MNIST"
+        **TINY, **tiny_weights("supervised_vit_tiny_patch4"), family="supervised",
+        description="tiny ViT, supervised by this project on Fashion-MNIST"
     ),
     "mocov3_vit_tiny_patch4": dict(
-        **TINY, family="mocov3", description="tiny ViT, MoCo v3 by this project on Fashion-MNIST"
+        **TINY, **tiny_weights("mocov3_vit_tiny_patch4"), family="mocov3",
+        description="tiny ViT, MoCo v3 by this project on Fashion-MNIST"
     ),
     "scratch_vit_tiny_patch4": dict(
         **TINY, family="scratch", description="tiny ViT, random initialisation (the floor)"

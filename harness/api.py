@@ -7,7 +7,8 @@
 
 The options are those of the command line (`harness.run.options.RunOptions`, the flags with `_` for `-`); a list is
 accepted where the flag takes a comma-separated list (`suite`, `backbones`, `seeds`, `protocols`, `controls`) or repeats
-(`recipe`, `checkpoint`, `overrides`, `backbone_module`). Bad options raise before any run starts.
+(`recipe`, `checkpoint`, `overrides`, `backbone_module`). Bad options raise before any run starts. The tiny preset
+loads its three shipped encoders; `pretrain=True` (`--pretrain`) pretrains them again with the preset's recipes.
 """
 
 from __future__ import annotations

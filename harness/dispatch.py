@@ -95,7 +95,10 @@ def run_pretrain(job: Job, device: str) -> tuple[dict[str, Any], dict[str, Any],
     encoder = Path(encoder)
     if not encoder.is_file():
         raise FileNotFoundError(f"pretraining returned {encoder}, which does not exist")
-    metrics = {"final_loss": last_loss(out_dir / "log.jsonl")}
+    metrics: dict[str, Any] = {"final_loss": last_loss(out_dir / "log.jsonl")}
+    record = out_dir / "record.json"  # harness.pretrain's: its sanity figure {name, value, split, n} on held-out data
+    if record.is_file() and (sanity := json.loads(record.read_text()).get("sanity")):
+        metrics["sanity"] = sanity
     recon = out_dir / "reconstruction.png"
     extra = {"encoder": str(encoder), "encoder_sha256": provenance.file_sha256(encoder),
              "log_jsonl": str(out_dir / "log.jsonl"), "reconstruction": str(recon) if recon.is_file() else None}

@@ -11,13 +11,18 @@ import pytest
 import torch
 
 from backbones import create_backbone
-from harness.pretrain import data, engine, pretrain, resolve_recipe
+from harness.pretrain import data, engine, pretrain, resolve_recipe, sanity
 from harness.pretrain.moco import contrastive_loss, momentum_at
 
 # A few hundred real Fashion-MNIST images, small batches, a narrow decoder: seconds on CPU.
 FAST = {"data.subset": 256, "data.batch_size": 32, "optim.warmup_epochs": 0}
 FAST_MAE = {**FAST, "model.decoder_embed_dim": 32, "model.decoder_depth": 1, "optim.base_lr": 2e-3}
 FAST_MOCO = {**FAST, "model.dim": 32, "model.mlp_dim": 64}
+
+
+@pytest.fixture(autouse=True)
+def _small_sanity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sanity, "LIMIT", 200)  # the end-of-run figure on 200 test images, not 10,000
 
 
 def _log(out: Path) -> list[dict]:

@@ -213,11 +213,11 @@ def test_sigterm_to_the_runner_stops_and_records_its_worker(tmp_path) -> None:
 
 def test_pretraining_is_a_recorded_skippable_step(tmp_path, monkeypatch, capsys) -> None:
     preset, out = write_suite(tmp_path, pretrain=True, suite="[in1k]", protocols="[finetune]"), tmp_path / "out"
-    assert harness(monkeypatch, *base_args(preset, out), "--dry-run") == 0
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run", "--pretrain") == 0
     plan = capsys.readouterr().out
-    kinds = [line.split()[1] for line in plan.splitlines()[3:]]
+    kinds = [line.split()[1] for line in plan.splitlines()[3:] if not line.startswith("weights of")]
     assert kinds.count("pretrain") == 2 and plan.count("pending") == 2  # ids wait for the encoders' sha256
-    assert harness(monkeypatch, *base_args(preset, out), "--report-format", "md,csv") == 0
+    assert harness(monkeypatch, *base_args(preset, out), "--pretrain", "--report-format", "md,csv") == 0
     recs = latest(out)
     pre = {r["backbone"]["name"]: r for r in recs.values() if r["kind"] == "pretrain"}
     tasks = {r["backbone"]["name"]: r for r in recs.values() if r["kind"] == "task"}
@@ -232,7 +232,7 @@ def test_pretraining_is_a_recorded_skippable_step(tmp_path, monkeypatch, capsys)
     assert (out / "results" / "plots" / "pretrain_loss.png").is_file()
     assert (out / "results" / "plots" / "reconstruction_mae_vit_tiny_patch4.png").is_file()
     capsys.readouterr()
-    assert harness(monkeypatch, *base_args(preset, out), "--dry-run") == 0
+    assert harness(monkeypatch, *base_args(preset, out), "--dry-run", "--pretrain") == 0
     plan = capsys.readouterr().out
     assert "0 to run" in plan and "pending" not in plan
     assert harness(monkeypatch, *base_args(preset, out), "--dry-run", "--pretrain-epochs", "3") == 0
@@ -304,9 +304,12 @@ def test_builtin_presets_plan(tmp_path, monkeypatch, capsys) -> None:
     assert {"tiny", "paper", "short"} <= set(list_presets())
     assert harness(monkeypatch, "run", "--preset", "tiny", "--out", str(tmp_path / "t"), "--dry-run") == 0
     lines = capsys.readouterr().out.splitlines()
-    # 3 pretrainings + 4 backbones x (3 in1k protocols + coco + ade20k) + the controls: a floor for coco and ade20k
-    # (in1k's is the scratch linear probe, planned once) and the pixel reference
-    assert "26 runs" in lines[0]
+    # 4 backbones x (3 in1k protocols + coco + ade20k), three of them shipped, and the controls: a floor for coco and
+    # ade20k (in1k's is the scratch linear probe, planned once) and the pixel reference
+    assert "23 runs" in lines[0]
+    assert harness(monkeypatch, "run", "--preset", "tiny", "--out", str(tmp_path / "t"), "--dry-run", "--pretrain") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "26 runs" in lines[0]  # and the 3 pretrainings
     kinds = [line.split()[1] for line in lines[3:]]
     assert kinds.count("pretrain") == 3 and kinds.count("task") == 20
     assert kinds.count("floor") == 2 and kinds.count("pixels") == 1
@@ -329,7 +332,7 @@ def test_jobs_run_at_once_and_tasks_wait_only_for_their_own_pretraining(tmp_path
     preset = write_suite(tmp_path, pretrain=True, suite="[in1k]", protocols="[finetune, linprobe]", steps=2,
                          sleep=0.3, pretrain_sleep=3.0)
     out = tmp_path / "out"
-    assert harness(monkeypatch, *base_args(preset, out), "--jobs", "3", "--no-report") == 0
+    assert harness(monkeypatch, *base_args(preset, out), "--jobs", "3", "--pretrain", "--no-report") == 0
     recs = list(latest(out).values())
     pre = {r["backbone"]["name"]: _interval(r) for r in recs if r["kind"] == "pretrain"}
     tasks = [(r["backbone"]["name"], _interval(r), r) for r in recs if r["kind"] == "task"]
@@ -431,7 +434,7 @@ def test_controls_are_planned_run_and_skipped_like_any_run(tmp_path, monkeypatch
     assert harness(monkeypatch, *args, "--controls", "none", "--dry-run") == 0
     assert "6 runs" in capsys.readouterr().out
     assert harness(monkeypatch, *args, "--controls", "floor,pixels", "--dry-run") == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:] if not line.startswith("weights of ")]
     controls = [(r[1], r[2], r[4], r[5]) for r in rows if r[1] in ("floor", "pixels")]
     assert controls == [("floor", "scratch_vit_tiny_patch4", "linprobe", "0"),
                         ("pixels", "scratch_vit_tiny_patch4", "pixels", "0"),

@@ -75,7 +75,7 @@ def test_nan_loss_fails_every_task_and_pretraining_and_reaches_no_table(tmp_path
     tables = [p.read_text() for p in (out / "results").glob("*.md") if p.name not in ("README.md", "reference.md")]
     assert not any("test_vit" in t for t in tables)
 
-    pre = subprocess.run([*cmd[:-8], "--backbones", "mae_vit_tiny_patch4", "--suite", "in1k"], cwd=ROOT,
+    pre = subprocess.run([*cmd[:-8], "--backbones", "mae_vit_tiny_patch4", "--suite", "in1k", "--pretrain"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert pre.returncode == 2, pre.stdout + pre.stderr  # the pretraining failed, its fine-tuning blocked
     (rec,) = [r for r in latest(out).values() if r["kind"] == "pretrain"]

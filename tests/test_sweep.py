@@ -40,8 +40,10 @@ def test_the_plan_has_one_pretraining_per_value_and_transfers_per_setting(tmp_pa
     mae_tasks = [r for r in tasks if r.backbone == "mae_vit_tiny_patch4"]
     assert len(mae_tasks) == 2 * 3 and {id(r.after) for r in mae_tasks} == {id(r) for r in mae}
     assert len(tasks) == 2 * (3 + 1 + 1)  # two protocols x (MAE per setting, supervised, scratch)
-    plain = build_plan(run_options(preset=str(preset), out=str(tmp_path / "out"), device="cpu"))
+    plain = build_plan(run_options(preset=str(preset), out=str(tmp_path / "out"), device="cpu", pretrain=True))
     assert len([r for r in plain.runs if r.kind == "pretrain"]) == 2
+    shipped = build_plan(run_options(preset=str(preset), out=str(tmp_path / "out"), device="cpu"))
+    assert not [r for r in shipped.runs if r.kind == "pretrain"]  # no sweep, no --pretrain: the shipped encoders
 
 
 def test_an_epochs_sweep_sets_the_pretraining_length(tmp_path) -> None:

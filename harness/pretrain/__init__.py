@@ -140,12 +140,11 @@ def pretrain(
 
     `recipe` defaults to `<method>_tiny` (Fashion-MNIST); `data_root` None means Fashion-MNIST, else an ImageNet-layout
     folder (`train/<class>/*`). A second call with the same settings returns at once; an interrupted one resumes.
+    Beside the encoder, `record.json` (`harness.pretrain.record`) holds the command, budget and sanity figure.
     """
-    import torch
-
     from backbones.registry import get_spec
-    from harness.pretrain import data, engine
-    from tasks.training import atomic_save, fused_optimizer, seed_everything
+    from backbones.weights import file_sha256
+    from harness.pretrain import data, record
 
     out_dir = Path(out_dir)
     cfg = resolve_recipe(method, recipe, overrides, epochs)
@@ -155,8 +154,23 @@ def pretrain(
         raise ValueError(f"recipe {cfg['name']!r} trains on an ImageNet-layout folder: pass data_root (--data DIR)")
     settings = _settings(method, backbone, seed, source, cfg)
     export = out_dir / ENCODER
-    if _done(export, settings):
+    if not _done(export, settings):
+        model = _train_and_export(method, spec, cfg, source, seed, settings, out_dir, progress, device)
+    elif not record.current(out_dir / record.RECORD, file_sha256(export)):
+        model = _reloaded(method, spec, cfg, out_dir)  # a run finished before its record was written
+    else:
         return export
+    _write_record(method, backbone, cfg, seed, source, epochs, overrides or {}, out_dir, model)
+    return export
+
+
+def _train_and_export(method: str, spec: Any, cfg: dict[str, Any], source: str, seed: int, settings: dict[str, Any],
+                      out_dir: Path, progress: bool, device: str | None) -> torch.nn.Module:
+    """Trains (or resumes), writes `encoder.pth` (and MAE's reconstruction figure); returns the trained module."""
+    import torch
+
+    from harness.pretrain import data, engine
+    from tasks.training import atomic_save, fused_optimizer, seed_everything
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seed_everything(seed)  # torch's generator as before; Python's and NumPy's too (timm's folder transforms)
@@ -174,20 +188,53 @@ def pretrain(
     losses = engine.train(model, model.training_loss, loader, optimizer, schedule, loop, out_dir, settings, dev,
                           progress=progress)
     meta = {
-        "method": method, "backbone": backbone, "epochs": cfg["epochs"], "recipe": cfg["name"],
+        "method": method, "backbone": settings["backbone"], "epochs": cfg["epochs"], "recipe": cfg["name"],
         "recipe_version": cfg["version"], "seed": seed, "data": source, "lr": lr, "eff_batch_size": eff_batch,
         "last_epoch_loss": losses[-1] if losses else None, "device": str(dev), "torch": str(torch.__version__),
         "python": platform.python_version(), "settings": settings,
     }
-    # no wall time in meta (the run's record has it): the same pretraining writes the same bytes, so the sha256 that
+    # no wall time in meta (record.json has it): the same pretraining writes the same bytes, so the sha256 that
     # identifies the runs built on it stays the same when it is run again
-    atomic_save({"model": model.encoder_state_dict(), "meta": meta}, export)
+    atomic_save({"model": model.encoder_state_dict(), "meta": meta}, out_dir / ENCODER)
     if method == "mae":
         from harness.pretrain.reconstruction import save_figure
 
         images = data.validation_images(cfg, None if source == "fashion-mnist" else Path(source), spec.mean, spec.std)
         save_figure(model, images, spec.mean, spec.std, out_dir / RECONSTRUCTION, seed=seed)
-    return export
+    return model
+
+
+def _reloaded(method: str, spec: Any, cfg: dict[str, Any], out_dir: Path) -> torch.nn.Module | None:
+    """The method's module of a finished run, from its last checkpoint (None when that is gone)."""
+    import torch
+
+    from harness.pretrain.engine import CHECKPOINT
+
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    model = build_method(method, spec, cfg)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return model
+
+
+def _write_record(method: str, backbone: str, cfg: dict[str, Any], seed: int, source: str, epochs: int | None,
+                  overrides: dict[str, Any], out_dir: Path, model: torch.nn.Module | None) -> None:
+    """`out_dir/record.json`, with the sanity figure measured on `model` (None: no figure)."""
+    import torch
+
+    from backbones.registry import get_spec
+    from backbones.weights import file_sha256
+    from harness.pretrain import record, sanity
+
+    digest = file_sha256(out_dir / ENCODER)
+    spec = get_spec(backbone)
+    figure = sanity.measure(method, model, cfg, spec.mean, spec.std) if model is not None else None
+    device = str(next(model.parameters()).device.type) if model is not None else "cpu"
+    rec = record.build(method=method, backbone=backbone, cfg=cfg, seed=seed, threads=torch.get_num_threads(),
+                       device=device, source=source, epochs=epochs, overrides=overrides, out_dir=out_dir,
+                       encoder_sha256=digest, sanity=figure, torch_version=str(torch.__version__))
+    record.write(out_dir / record.RECORD, rec)
 
 
 __all__ = ["METHODS", "build_method", "pretrain", "resolve_recipe"]

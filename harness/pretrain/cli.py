@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set optim.base_lr=1e-3 (repeatable)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads; default: torch's). Part of what makes a run "
+                             "bit-for-bit: the shipped tiny encoders were made with --threads 1")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
 
 
@@ -34,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from harness.pretrain import pretrain
     from tasks.recipes import parse_override
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     data = None if args.data == "fashion-mnist" else Path(args.data)
     if data is not None and not data.is_dir():
         raise SystemExit(f"--data {args.data}: no such folder (give 'fashion-mnist' or an ImageNet-layout folder)")

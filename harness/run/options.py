@@ -19,7 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "frozen encoder per architecture, a linear classifier on pixels (harness.controls)")
     parser.add_argument("--recipe", action="append", default=[], metavar="[TASK=]NAME",
                         help="recipe of every task, or of one task (repeatable; default: the preset's)")
-    parser.add_argument("--pretrain-epochs", type=int, help="epochs of the preset's pretrainings (default: recipe's)")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="run the preset's pretrainings even for backbones whose weights ship with the registry "
+                        "(the tiny preset's three encoders); implied by --pretrain-epochs and --sweep pretrain.KEY")
+    parser.add_argument("--pretrain-epochs", type=int, help="epochs of the preset's pretrainings (default: recipe's); "
+                        "implies --pretrain")
     parser.add_argument("--sweep", action="append", default=[], metavar="pretrain.KEY=V1,V2,...",
                         help="one pretraining (and its transfers) per value of a pretraining recipe key, e.g. "
                         "pretrain.model.mask_ratio=0.5,0.75,0.9, for the methods whose recipe has the key")
@@ -60,6 +64,7 @@ class RunOptions:
     protocols: str | None = None
     controls: str | None = None  # floor,pixels | none (None: the preset's)
     recipe: tuple[str, ...] = ()
+    pretrain: bool = False  # retrain the preset's backbones that ship weights (implied by the two below)
     pretrain_epochs: int | None = None
     sweep: tuple[str, ...] = ()  # one key for now (`harness.run.sweep`)
     data_root: str | None = None

@@ -120,15 +120,20 @@ def build_plan(opts: RunOptions) -> Plan:
     check_log_backend(opts.log_backend)
     check_launcher(opts.launcher)
     inp = read_inputs(opts)
-    out = Path(opts.out)
-    records = latest_records(out / "records")
-    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep_of(opts))
-    weights = local_weights(inp, made)
-    runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
-    runs = by_seed(runs + control_runs(inp, runs, records, out / "work" / "sha256_cache.json", opts))
     jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
     if jobs < 1:
         raise PlanError(f"--jobs must be at least 1, got {jobs}")
+    out = Path(opts.out)
+    records = latest_records(out / "records")
+    sweep = sweep_of(opts)
+    retrain = opts.pretrain or sweep is not None or opts.pretrain_epochs is not None  # both mean a pretraining
+    made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep, retrain)
+    weights = local_weights(inp, made)
+    sha_cache = None if opts.dry_run else out / "work" / "sha256_cache.json"  # a dry run writes nothing
+    controls = control_runs(inp, records, opts)  # before any file is hashed: bad controls leave no cache behind
+    runs = task_runs(inp, made, weights, records, sha_cache, opts)
+    planned = {r.run_id for r in runs}
+    runs = by_seed(runs + [c for c in controls if c.run_id not in planned])
     shares = [{}] if opts.launcher == "slurm" else machine_shares(
         jobs, opts.gpus if opts.launcher == "torchrun" else 1, opts.device)
     pretrains = [r for rs in made.values() for r in rs]
@@ -147,11 +152,12 @@ def sweep_of(opts: RunOptions) -> Sweep | None:
 
 
 def pretrain_runs(inp: Inputs, records: dict[str, Record], force: bool, epochs: int | None,
-                  sweep: Sweep | None = None) -> dict[str, list[Run]]:
-    """The preset's pretrainings, for its backbones that no --checkpoint replaces: one per backbone, or one per value
-    of `sweep` for the backbones whose recipe has the swept key."""
+                  sweep: Sweep | None = None, retrain: bool = True) -> dict[str, list[Run]]:
+    """The preset's pretrainings, for its backbones that no --checkpoint replaces and, unless `retrain` (--pretrain),
+    that ship no weights: one per backbone, or one per value of `sweep` for the backbones whose recipe has the key."""
     pre, made = inp.preset.pretrain, {}
-    names = [n for n in inp.specs if pre and n in pre.backbones and n not in inp.given]
+    names = [n for n in inp.specs if pre and n in pre.backbones and n not in inp.given
+             and (retrain or not (inp.specs[n].checkpoint or inp.specs[n].url))]
     if sweep and not names:
         raise PlanError(f"{SWEEP_FLAG} pretrain.{sweep.key}: the preset makes no pretraining to sweep")
     recipes = {pre.backbones[n]: pre.recipe.format(method=pre.backbones[n]) if pre.recipe else None for n in names}
@@ -214,7 +220,7 @@ def local_weights(inp: Inputs, made: dict[str, list[Run]]) -> dict[str, str | No
 
 
 def task_runs(inp: Inputs, made: dict[str, list[Run]], weights: dict[str, str | None], records: dict[str, Record],
-              sha_cache: Path, opts: RunOptions) -> list[Run]:
+              sha_cache: Path | None, opts: RunOptions) -> list[Run]:
     """One run per (seed, task, protocol, backbone, pretraining setting): a whole table per seed first."""
     runs = []
     for seed in inp.seeds:
@@ -234,11 +240,11 @@ def task_runs(inp: Inputs, made: dict[str, list[Run]], weights: dict[str, str | 
     return runs
 
 
-def control_runs(inp: Inputs, runs: list[Run], records: dict[str, Record], sha_cache: Path, opts: RunOptions
-                 ) -> list[Run]:
+def control_runs(inp: Inputs, records: dict[str, Record], opts: RunOptions) -> list[Run]:
     """The control runs of `--controls` (else the preset's), per seed and task (`harness.controls`): a random frozen
-    encoder per architecture of the suite's backbones, a pixel reference per classification task. A control that is
-    already one of `runs` (the in1k linear probe of a from-scratch backbone) is not planned twice."""
+    encoder per architecture of the suite's backbones, a pixel reference per classification task. They load no
+    weights, so no file is hashed; the caller drops a control that is already a task run (the in1k linear probe of a
+    from-scratch backbone)."""
     from backbones.registry import get_spec
     from harness.controls import control_settings, parse_controls
 
@@ -249,7 +255,7 @@ def control_runs(inp: Inputs, runs: list[Run], records: dict[str, Record], sha_c
     # a from-scratch entry given weights (--checkpoint) is no random encoder
     specs = {name: {**spec.to_dict(), "checkpoint": inp.given.get(name) or spec.checkpoint}
              for name, spec in inp.specs.items()}
-    planned, out = {r.run_id for r in runs if r.run_id}, []
+    planned, out = set(), []
     for seed in inp.seeds:
         for task, target in inp.suite:
             recipe = inp.recipes.get(task) or inp.recipes["*"] or inp.preset.recipe_for(task)
@@ -263,7 +269,7 @@ def control_runs(inp: Inputs, runs: list[Run], records: dict[str, Record], sha_c
                           seed=seed, protocol=control.protocol, recipe=recipe, recipe_version=version,
                           overrides=overrides, data=inp.data, data_root=inp.data_roots.get(task),
                           data_fingerprint=inp.fingerprints.get(task), control=control.kind)
-                _resolve(run, records, sha_cache, opts.force)
+                _resolve(run, records, None, opts.force)
                 if run.run_id not in planned:
                     planned.add(run.run_id)
                     out.append(run)
@@ -287,7 +293,7 @@ def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[s
     return list(chosen)
 
 
-def _resolve(run: Run, records: dict[str, Record], sha_cache: Path, force: bool) -> None:
+def _resolve(run: Run, records: dict[str, Record], sha_cache: Path | None, force: bool) -> None:
     """Gives a task run its checkpoint, sha256, id and plan status, once its weights exist."""
     if run.after is not None:
         if run.after.status not in ("done", "finished"):

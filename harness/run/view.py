@@ -36,6 +36,9 @@ def print_plan(plan: Plan) -> None:
     print(f"plan for {plan.out} (preset {plan.preset}): {len(plan.runs)} runs, {len(plan.runs) - todo} done, "
           f"{todo} to run")
     print(_table(rows, ["run_id", "kind", "backbone", "task", "protocol", "seed", "recipe", "status"]))
+    shipped = {r.backbone: r.checkpoint for r in plan.runs if r.kind == "task" and r.after is None and r.checkpoint}
+    for name, path in shipped.items():  # the weights a run loads as they are (harness run --pretrain retrains some)
+        print(f"weights of {name}: {path}")
 
 
 _MM_STEP = re.compile(r"\[\s*(\d+)/(\d+)\]")  # mmengine: Epoch(train) [1][ 50/100] ... eta: 0:01:02
