@@ -12,7 +12,8 @@ Users add entries three ways, none of which depends on an import they can forget
   a backbone name is expected).
 
 A name `timm:<model>.<tag>` needs no registration: its spec is derived from timm's pretrained config and its weights
-come through timm's own pretrained machinery (`backbones.timm_hub`).
+come through timm's own pretrained machinery (`backbones.timm_hub`). A name `random:<name>` is the architecture and
+preprocessing of `<name>` without any weights (family `scratch`): the floor of `harness run --controls`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backbones.spec import TIMM_PREFIX, BackboneSpec, unknown_name_error
+from backbones.spec import RANDOM_PREFIX, TIMM_PREFIX, BackboneSpec, unknown_name_error
 from backbones.yamlio import load_yaml_mapping
 
 ENTRY_POINT_GROUP = "harness.backbones"
@@ -91,6 +92,8 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 def get_spec(name: str, **overrides: Any) -> BackboneSpec:
     """The spec of a registered name, or of a YAML file's path. `overrides` replace spec fields."""
+    if name.startswith(RANDOM_PREFIX):
+        return random_spec(get_spec(name[len(RANDOM_PREFIX) :]), **overrides)
     if name.startswith(TIMM_PREFIX):
         from backbones.timm_hub import timm_spec
 
@@ -105,6 +108,14 @@ def get_spec(name: str, **overrides: Any) -> BackboneSpec:
     if spec.name != name:
         spec = dataclasses.replace(spec, name=name)
     return dataclasses.replace(spec, **overrides) if overrides else spec
+
+
+def random_spec(spec: BackboneSpec, **overrides: Any) -> BackboneSpec:
+    """`spec`'s architecture and preprocessing, randomly initialised: no checkpoint, url or timm weights."""
+    name = spec.name if spec.name.startswith(RANDOM_PREFIX) else f"{RANDOM_PREFIX}{spec.name}"
+    return dataclasses.replace(spec, name=name, family="scratch", url=None, sha256=None, checkpoint=None,
+                               timm_pretrained=False, pretrain_epochs=None, paper_name=None,
+                               description=f"{spec.name}'s architecture, random initialisation", **overrides)
 
 
 def load_backbone_module(module: str) -> None:

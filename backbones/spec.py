@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TIMM_PREFIX = "timm:"
+RANDOM_PREFIX = "random:"  # `random:<name>`: the architecture of <name>, randomly initialised (no weights)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -5,15 +5,19 @@ MoCo v3 tiny ViTs pretrained for 100 to 800 epochs, a from-scratch floor; IN1K f
 ADE20K), two recipes per task, the paper's recipe on ViT-B/L, repeated over seeds; a few failed runs and re-runs
 (older attempts of the same run id). Records carry the fields the worker writes (resolved recipe, backbone spec,
 per-epoch history, provenance); each pretraining writes a `log.jsonl` of 50 to 200 loss points. Then it times
-`python -m harness report --format md,csv,tex` on them as a subprocess, start-up and imports included, and reads the
-child's peak resident memory from `wait4`, then times it again on the same records (the report's cache of parsed
-records is warm then).
+`python -m harness report --format md,csv,tex` on them as a subprocess (everything the default writes: tables, CSVs,
+`results.json`, the PNG figures and `index.html`), start-up and imports included, with the CPU seconds of the report
+and of its worker processes, and the peak resident memory of the largest of them (`wait4`): first on records it has
+not seen (no records cache, no figures), then again on the same records (the records cache is warm and no figure's
+data has changed: nothing is parsed or drawn again).
 
     python benchmarks/report_scale.py                     # N = 100, 1000, 10000
     python benchmarks/report_scale.py --n 1000 --baseline main --keep /tmp/scale   # also an older commit's report
 
 `--baseline REF` runs the report of a git commit (its `harness/`, `tasks/` and `backbones/`, exported into a
-temporary folder) on the same records and prints the ratio. `--keep DIR` leaves records and results in DIR to look at.
+temporary folder) on the same records, first and repeated, before this one, prints its figures and the ratio of CPU
+seconds, and checks that both wrote the same tables, CSVs, `results.json`, `README.md` and `index.html`, byte for
+byte. `--keep DIR` leaves records and results in DIR to look at.
 """
 
 from __future__ import annotations
@@ -218,9 +222,27 @@ def time_child(cmd: list[str], code: Path) -> tuple[float, float, float]:
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
-def time_report(code: Path, runs: Path, out: Path) -> tuple[float, float, float]:
+def time_report(code: Path, runs: Path, out: Path, first: bool) -> tuple[float, float, float]:
+    """A report's (wall s, CPU s, peak MB); `first`: on records it has not seen (no records cache, no results)."""
+    if first:
+        (runs / "records" / ".report-cache").unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
     return time_child([sys.executable, "-m", "harness", "report", "--runs", str(runs), "--out", str(out),
                        "--format", "md,csv,tex"], code)
+
+
+def same_outputs(a: Path, b: Path) -> list[str]:
+    """The files (not the figures) that differ between two reports' folders, or that only one wrote."""
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*")
+                if p.is_file() and p.suffix in OUTPUTS and not p.name.startswith(".")}
+
+    names = files(a) | files(b)
+    return sorted(n for n in names if not ((a / n).is_file() and (b / n).is_file()
+                                          and (a / n).read_bytes() == (b / n).read_bytes()))
+
+
+OUTPUTS = (".md", ".csv", ".tex", ".json", ".html")  # index.html inlines the figures: the same PNG bytes too
 
 
 def main() -> None:
@@ -242,22 +264,25 @@ def main() -> None:
         floor, floor_cpu, floor_mb = time_child([sys.executable, "-c", "import pandas, matplotlib.figure"], ROOT)
         print(f"start-up floor (python, pandas and matplotlib imported): {floor:.2f} s ({floor_cpu:.2f} s CPU), "
               f"{floor_mb:.0f} MB; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"{'records':>8} {'pretrain':>8} {'wall s':>7} {'CPU s':>6} {'peak MB':>8} {'repeat wall s':>13} "
-              f"{'CPU s':>6} {'peak MB':>8}"
-              + (f" {'baseline wall s':>15} {'CPU s':>6} {'peak MB':>8} {'speed-up (CPU)':>14}" if old else ""))
+        cols = f"{'wall s':>7} {'CPU s':>6} {'peak MB':>8} {'repeat wall s':>13} {'CPU s':>6} {'peak MB':>8}"
+        print(f"{'records':>8} {'pretrain':>8} {cols}" + (f" | baseline: {cols} | speed-up (CPU) first, repeat"
+                                                        if old else ""))
         for n in sizes:
             runs = base / f"n{n}"
             # in a process of its own: the backbone specs import torch, whose pages a forked child would count
             subprocess.run([sys.executable, __file__, "--write", str(runs), "--n", str(n)], check=True)
             pre = sum(1 for _ in (runs / "work").iterdir())
-            secs, cpu, mb = time_report(ROOT, runs, runs / "results")
-            line = f"{n:>8} {pre:>8} {secs:>7.2f} {cpu:>6.2f} {mb:>8.0f}"
-            # the same records again: the report's cache of parsed records (`harness.results.CACHE`) is warm now
-            secs, cpu, mb = time_report(ROOT, runs, runs / "results")
-            line += f" {secs:>13.2f} {cpu:>6.2f} {mb:>8.0f}"
             if old:
-                b_secs, b_cpu, b_mb = time_report(old, runs, runs / "results_baseline")
-                line += f" {b_secs:>15.2f} {b_cpu:>6.2f} {b_mb:>8.0f} {b_cpu / cpu:>13.1f}x"
+                before = [time_report(old, runs, runs / "results_baseline", first) for first in (True, False)]
+            after = [time_report(ROOT, runs, runs / "results", first) for first in (True, False)]
+            line = f"{n:>8} {pre:>8} " + " ".join(f"{w:>{7 if i == 0 else 13}.2f} {c:>6.2f} {mb:>8.0f}"
+                                                   for i, (w, c, mb) in enumerate(after))
+            if old:
+                line += " | " + " ".join(f"{w:>{7 if i == 0 else 13}.2f} {c:>6.2f} {mb:>8.0f}"
+                                         for i, (w, c, mb) in enumerate(before))
+                line += f" | {before[0][1] / after[0][1]:.1f}x, {before[1][1] / after[1][1]:.1f}x"
+                differ = same_outputs(runs / "results_baseline", runs / "results")
+                line += f"; outputs {'identical' if not differ else 'DIFFER: ' + ', '.join(differ[:5])}"
             print(line, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,7 @@
     tables = api.report("runs/try", "results/try")["tables"]
 
 The options are those of the command line (`harness.run.options.RunOptions`, the flags with `_` for `-`); a list is
-accepted where the flag takes a comma-separated list (`suite`, `backbones`, `seeds`, `protocols`) or repeats
+accepted where the flag takes a comma-separated list (`suite`, `backbones`, `seeds`, `protocols`, `controls`) or repeats
 (`recipe`, `checkpoint`, `overrides`, `backbone_module`). Bad options raise before any run starts.
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from harness.run.options import RunOptions
 
-COMMA_LISTS = ("suite", "backbones", "seeds", "protocols")
+COMMA_LISTS = ("suite", "backbones", "seeds", "protocols", "controls")
 
 
 def run_options(**options: Any) -> RunOptions:

@@ -3,8 +3,9 @@ ready.
 
 * `<table>` (`in1k`, `coco`, `ade20k`): a grouped bar chart per task, one panel per setting (recipe with its
   overrides), backbones on the x axis, one bar per column (fine-tune, linear, partial; APbox, APmask; mIoU) with the
-  95% interval of the mean as error bars, the baseline first, the published value as a marker and a from-scratch
-  control as a dashed floor line (cf. MAE Figure 9 / Tables 3-5);
+  95% interval of the mean as error bars, the baseline first and the controls last, the published value as a marker
+  and the floor control (a random encoder, frozen: `harness.controls`) as a dashed line (cf. MAE Figure 9 / Tables
+  3-5);
 * `trend_vs_epochs`, `trend_vs_size`: accuracy against pretraining epochs or model size, one panel per column, one
   line per setting and family where that line has two or more values (MAE Figures 7 and 8); settings are never
   pooled;
@@ -40,6 +41,9 @@ TICK_SIZE, TICK_ROTATION = 7, 30
 LOSS_PANELS_PER_ROW = 3
 TREND_PANELS_PER_ROW = 3
 BAR_VALUES_MAX = 16  # bars in a panel up to which each carries its value
+# Panel titles at a fixed height, just above the axes (where matplotlib puts them when nothing is in the way: the
+# panels have no ticks on top and no offset text): placing them itself would measure every tick label at each save.
+TITLE_Y = 1.0
 
 
 def text_width(labels: Any, size: float) -> float:
@@ -86,7 +90,7 @@ def _save(fig: Figure, stem: Path, formats: tuple[str, ...] = ("png",)) -> list[
 def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str, str], title: str) -> None:
     """Grouped bars: x = backbones in the report's order (the baseline first), one bar per column, error bars = the
     95% interval of the mean (`ci_lo`, `ci_hi`; none for n = 1), the published value as a black marker where the
-    setting matches the paper's, and a control's mean (`control` rows: training from scratch) as a dashed line; the
+    setting matches the paper's, and the floor's mean (`control` rows: a random encoder, frozen) as a dashed line; the
     values are written on the bars while they are few enough to read."""
     import numpy as np
 
@@ -108,13 +112,13 @@ def _bar_panel(ax: Any, part: pd.DataFrame, columns: list[str], labels: dict[str
                        label="published" if not _has_label(ax, "published") else None)
         controls = hit[hit["control"].fillna(False).astype(bool)] if "control" in hit else hit.iloc[:0]
         for label, value in controls["mean"].items():
-            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1, label=f"floor ({label}), {labels[col]}")
+            ax.axhline(value, color=f"C{i}", linestyle="--", linewidth=1, label=f"{label}, {labels[col]}")
     ax.margins(y=0.12)  # room for the value labels
     ax.set_xlim(-0.5, len(backbones) - 0.5)
     ax.set_xticks(x, backbones, rotation=TICK_ROTATION, ha="right", rotation_mode="anchor", fontsize=TICK_SIZE)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_ylabel("% (error bars: 95% t-interval)", fontsize=7)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, y=TITLE_Y)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
@@ -136,7 +140,7 @@ def bar_chart(panels: list[tuple[str, pd.DataFrame, list[str]]], labels: dict[st
 
     widest = max(len(part["label"].unique()) * len(cols) for _, part, cols in panels)
     ticks = text_width([b for _, part, _ in panels for b in part["label"].unique()], TICK_SIZE)
-    floors = [f"floor ({b}), {labels[c]}" for _, part, cols in panels if "control" in part
+    floors = [f"{b}, {labels[c]}" for _, part, cols in panels if "control" in part
               for b, c, k in zip(part["label"], part["column"], part["control"], strict=True) if k and c in cols]
     legend = text_width([labels[c] for _, _, cols in panels for c in cols] + floors, 7) + 0.6
     angle = math.radians(TICK_ROTATION)
@@ -206,7 +210,7 @@ def trend_chart(frame: pd.DataFrame, labels: dict[str, str], axis: str, stem: Pa
             ax.minorticks_off()
             ax.set_xlabel("pretraining epochs", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.set_title(labels[col], fontsize=9)
+        ax.set_title(labels[col], fontsize=9, y=TITLE_Y)
     handles, shown = [], []
     for ax in axes:  # one legend for the figure: a setting's colour is the same in every panel
         for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -233,7 +237,7 @@ def loss_figure(curves: pd.DataFrame) -> Figure | None:
             (drawn,) = ax.plot(steps, mean, linewidth=1.2, label=f"{setting} (n={n})")
             if np.isfinite(std).any():
                 ax.fill_between(steps, mean - std, mean + std, color=drawn.get_color(), alpha=0.2, linewidth=0)
-        ax.set_title(panel, fontsize=9)
+        ax.set_title(panel, fontsize=9, y=TITLE_Y)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -281,16 +285,25 @@ def _draw(jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]], svg: bo
         return [p for f in futures for p in f.result()]
 
 
+def plot_jobs(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
+              labels: dict[str, str], curves: pd.DataFrame | None, out: Path, formats: tuple[str, ...] = ("png",)
+              ) -> list[tuple[Callable[..., list[Path]], tuple[Any, ...]]]:
+    """The figures of `write_plots` as jobs (function, arguments), each writing its files into `out`; the loss
+    figure only with `curves`."""
+    trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
+    jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
+        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}", formats))
+        for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
+    jobs += [(bar_chart, (panels, labels, out / task, formats)) for task, panels in bars.items()]
+    if curves is not None:
+        jobs.append((loss_curves, (curves, out, formats)))
+    return jobs
+
+
 def write_plots(bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]], frame: pd.DataFrame,
                 labels: dict[str, str], curves: pd.DataFrame, figures: dict[str, str], out: Path,
                 formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Every figure in `formats` (`FORMATS`): `bars` (task -> its panels: title, summary rows, columns), the trends in
     `frame` (the report's rows), the loss `curves` (`harness.results.loss_curves`) and reconstruction `figures`;
     returns the files written."""
-    trends = frame[["column", "value", "recipe", "family", "pretrain_epochs", "size"]]
-    jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = [
-        (trend_chart, (trends, labels, axis, out / f"trend_vs_{name}", formats))
-        for axis, name in (("pretrain_epochs", "epochs"), ("size", "size"))]
-    jobs += [(bar_chart, (panels, labels, out / task, formats)) for task, panels in bars.items()]
-    jobs.append((loss_curves, (curves, out, formats)))
-    return _draw(jobs, "svg" in formats) + reconstructions(figures, out)
+    return _draw(plot_jobs(bars, frame, labels, curves, out, formats), "svg" in formats) + reconstructions(figures, out)

@@ -6,7 +6,8 @@ whose weights it pretrains first. Flags given on the command line replace the pr
 of the same keys works wherever a preset name does (and lets tests point the suite at a dummy task).
 
 Keys: description, data, suite, backbones, recipe (a name, or task -> name), protocols (task -> list), seeds,
-tasks (extra task name -> "module:function"), pretrain {target, recipe, epochs, overrides, backbones: name -> method};
+controls (floor, pixels or none: `harness.controls`), tasks (extra task name -> "module:function"), pretrain {target,
+recipe, epochs, overrides, backbones: name -> method};
 the pretraining recipe may name the method as `{method}` (`{method}_tiny` -> `mae_tiny`).
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DEFAULT = "tiny"
-_KEYS = {"description", "data", "suite", "backbones", "recipe", "protocols", "seeds", "tasks", "pretrain", "jobs"}
+_KEYS = {"description", "data", "suite", "backbones", "recipe", "protocols", "seeds", "tasks", "pretrain", "jobs",
+         "controls"}
 _PRETRAIN_KEYS = {"target", "recipe", "epochs", "overrides", "backbones"}
 
 
@@ -46,6 +48,7 @@ class Preset:
     tasks: dict[str, str] = field(default_factory=dict)
     pretrain: Pretrain | None = None
     jobs: int = 1  # runs at once on one machine (`harness run --jobs`)
+    controls: tuple[str, ...] = ()  # control runs (`harness run --controls`): floor, pixels
 
     def recipe_for(self, task: str) -> str:
         return self.recipe.get(task, self.recipe.get("*", "tiny"))
@@ -77,6 +80,12 @@ def _as_list(value: Any, key: str, source: Path) -> list[Any]:
     return value
 
 
+def _controls(value: Any, path: Path) -> tuple[str, ...]:
+    from harness.controls import parse_controls
+
+    return parse_controls(value, f"preset {path}: controls")
+
+
 def load_preset(name: str) -> Preset:
     """The preset of that name (or YAML path), validated; errors name the file and the key."""
     from backbones.yamlio import load_yaml_mapping
@@ -97,6 +106,7 @@ def load_preset(name: str) -> Preset:
         seeds=[int(s) for s in _as_list(data.get("seeds", [0]), "seeds", path)],
         tasks=dict(data.get("tasks") or {}),
         jobs=data.get("jobs", 1),
+        controls=_controls(data.get("controls"), path),
     )
     if not isinstance(preset.jobs, int) or isinstance(preset.jobs, bool) or preset.jobs < 1:
         raise ValueError(f"preset {path}: 'jobs' must be a whole number of at least 1, not {preset.jobs!r}")

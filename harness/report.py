@@ -8,7 +8,7 @@ each run id counts, failed ones are listed but not averaged), into a pandas fram
   (Tables 3-5): the supervised baseline's row first, then one row per backbone (and pretraining length, where a
   setting holds several), each cell the mean +- sample std over seeds with its 95% t-interval and n, and Δ to the
   baseline of the same architecture, paired by seed (`harness.stats`); for recipe `paper`, the published number
-  beside a row of the same family and model size;
+  beside a row of the same family and model size; then the controls' rows and a verdict line (`harness.controls`);
 * `reference`: the paper's numbers (`harness.reference`);
 * `summary.csv` (one row per recipe, backbone and column, full precision: `harness.stats.SUMMARY_COLUMNS`),
   `runs.csv` (one row per run) and `results.json` (every run's identity and metrics, the cells and the tables);
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import report_html
+from harness import controls, report_figures, report_html
 from harness.results import recipe_label, split_overrides
 from harness.stats import BASELINE_FAMILY, INTERVAL_NOTE, fmt_cell, fmt_delta, row_order, summarize
 from tasks.spec import Column, TaskSpec, all_columns
@@ -159,21 +159,22 @@ def flatten(records: list[dict[str, Any]], top1: str = "last", specs: dict[str, 
             "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"), "log": rec.get("log"),
             "finished_at": rec.get("finished_at"),
         }
-        fed = False
         spec = specs.get(str(rec.get("task")))
-        for col in spec.columns if spec else ():
-            if col.protocol and rec.get("protocol") != col.protocol:
-                continue
-            value = _metric(rec.get("metrics") or {}, col, top1) if rec["status"] == "finished" else None
-            if value is not None:
-                rows.append({**base, "column": column_key(col, rec), "value": value})
-                fed = True
-        if not fed:
-            rows.append({**base, "column": None, "value": float("nan")})
+        for row in controls.row_bases(base, rec, spec, split):  # a control's row, beside or instead of its backbone's
+            fed = False
+            for col in spec.columns if spec else ():
+                if not controls.feeds(col, rec, row, spec):
+                    continue
+                value = _metric(rec.get("metrics") or {}, col, top1) if rec["status"] == "finished" else None
+                if value is not None:
+                    rows.append({**row, "column": column_key(col, rec), "value": value})
+                    fed = True
+            if not fed:
+                rows.append({**row, "column": None, "value": float("nan")})
     cols = ["run_id", "status", "kind", "task", "protocol", "recipe", "backbone", "family", "model", "size", "seed",
             "pretrain_epochs", "sweep_key", "sweep_value", "wall_time_s", "error", "log", "finished_at", "column",
             "value"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(controls.name_architectures(rows), columns=cols)
 
 
 # --- aggregating ---
@@ -208,7 +209,7 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
     import pandas as pd
 
     out: dict[str, pd.DataFrame] = {}
-    for stem, _, recipe, part, present in table_parts(summary, specs):
+    for stem, task, recipe, part, present in table_parts(summary, specs):
         cells: dict[tuple[str, str], Any] = {}
         for h in part.itertuples(index=False):
             cells.setdefault((h.label, h.column), h)
@@ -229,6 +230,8 @@ def tables(summary: pd.DataFrame, specs: dict[str, TaskSpec] | None = None) -> d
                         else f"{h.published:.1f}"
             rows.append(row)
         out[stem] = pd.DataFrame(rows)
+        out[stem].attrs["verdicts"] = controls.verdicts(part, present, _specs(specs)[task],
+                                                        {c: column_label(c, specs) for c in present})
     return out
 
 
@@ -258,7 +261,7 @@ def _write(frame: pd.DataFrame, stem: Path, formats: list[str], title: str) -> l
     written = []
     if "md" in formats:
         p = stem.with_suffix(".md")
-        p.write_text(f"### {title}\n\n{to_markdown(frame)}")
+        p.write_text(f"### {title}\n\n{to_markdown(frame) + controls.verdict_text(frame)}")
         written.append(p)
     if "csv" in formats:
         p = stem.with_suffix(".csv")
@@ -276,18 +279,19 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
                  plots: bool = True, top1: str = "last", plot_format: str | tuple[str, ...] = ("png",)) -> list[Path]:
     """Writes tables, the reference table, CSV summaries and plots into `out`; returns the files written. IN1K
     tables show the `top1` ('last' or 'best') epoch's top-1 and say which in their title."""
-    from harness import results, sweeps
+    from harness import drawing, results, sweeps
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (known: {', '.join(FORMATS)})")
-    plot_format = _plot_formats(plot_format)
+    plot_format = report_figures.plot_formats(plot_format)
     if top1 not in TOP1:
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    drawer = drawing.Drawer(out / "plots") if plots else None  # its workers also parse a first reading's records
     specs = report_specs(records)
-    recs = results.read_compact(records_dir(records), results.report_fields(specs))
+    recs = results.read_compact(records_dir(records), results.report_fields(specs), pool=drawer and drawer.executor)
     frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1
@@ -304,10 +308,14 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     for name, table in tables(summary, specs).items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
-        index.append(f"### {title}\n\n{to_markdown(table)}")
-        shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": to_markdown(table)})
+        md = to_markdown(table) + controls.verdict_text(table)  # the verdicts under the table
+        index.append(f"### {title}\n\n{md}")
+        shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": md,
+                      "verdicts": table.attrs.get("verdicts", [])})
     labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
     k_of = sweeps.split_ks(set(labels), specs)
+    recon = report_figures.submit(frame, recs, parts, titles, labels, out / "plots", specs, plot_format, drawer) \
+        if drawer else []
     for name, table in sweeps.sweep_tables(summary, labels, k_of).items():
         title = f"Sweep of pretrain.{name.removeprefix('sweep_')}: one row per value (its own pretraining)"
         written += _write(table, out / name, formats, title)
@@ -332,8 +340,9 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     written += [out / "summary.csv", out / "runs.csv"]
     written.append(results.write_json(out / RESULTS_JSON, results.records_frame(recs, split_overrides(specs)), summary,
                                       shown))
-    if plots:
-        pics = _plots(frame, summary, recs, out / "plots", specs, plot_format)
+    page = report_html.prepare(recs, specs)  # the page's provenance, while the figures are drawn
+    if drawer:
+        pics = drawer.results() + recon
         pics += sweeps.write_sweeps(summary, labels, k_of, out / "plots", plot_format)
         written += pics
         shown_as = ".png" if "png" in plot_format else ".svg"
@@ -342,37 +351,8 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
     written += report_html.write_page(out, frame=frame, tables=tables(summary, specs), parts=parts, titles=titles,
-                                      reference=ref, records=recs, files=written, notes=index, specs=specs)
+                                      reference=ref, records=page, files=written, notes=index, specs=specs)
     return written
-
-
-def _plot_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    from harness.plots import FORMATS as PLOT_FORMATS
-
-    formats = tuple(f.strip() for f in (value.split(",") if isinstance(value, str) else value) if f.strip())
-    bad = [f for f in formats if f not in PLOT_FORMATS]
-    if bad or not formats:
-        raise ValueError(f"--plot-format: unknown {', '.join(bad) or 'nothing'} (known: {', '.join(PLOT_FORMATS)})")
-    return formats
-
-
-def _plots(frame: pd.DataFrame, summary: pd.DataFrame, records: list[dict[str, Any]], out: Path,
-           specs: dict[str, TaskSpec], formats: tuple[str, ...]) -> list[Path]:
-    """The figures, from the frames and the finished pretrainings' loss logs and reconstructions."""
-    from harness import plots, results, store
-
-    labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
-    bars: dict[str, list[tuple[str, pd.DataFrame, list[str]]]] = {}
-    for _, table, recipe, part, present in table_parts(summary, specs):
-        title = table_title(table, recipe, summary.attrs.get("in1k_top1", "last"), specs,
-                            table in summary.attrs.get("embedded", ()))
-        bars.setdefault(table, []).append((title, part, present))
-    latest = sorted(store.latest(records).values(), key=lambda r: str(r.get("finished_at") or ""))
-    pretrains = [r for r in latest if r.get("kind") == "pretrain" and r["status"] == "finished"]
-    figures = {str((r.get("backbone") or {}).get("name")): r["extra"]["reconstruction"]
-               for r in pretrains if (r.get("extra") or {}).get("reconstruction")}  # the newest of each backbone
-    return plots.write_plots(bars, frame, labels, results.loss_curves(pretrains, split_overrides(specs)), figures,
-                             out, formats)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,9 +2,10 @@
 pretraining loss histories aggregated per setting (mean and spread over seeds at each logged step).
 
 A sweep leaves thousands of records of a few kilobytes each (resolved recipe, per-epoch history, provenance); the
-report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS`, so that the
-memory held grows with those values, not with the files. Histories are read only for the loss figure and reduced at
-once to one curve per setting: the figure's cost grows with the settings, not with the seeds.
+report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS` and the
+run's provenance for the HTML page (the blocks many runs share, once), so that the memory held grows with those
+values, not with the files; a records cache spares a repeated report the parsing. Histories are read only for the loss
+figure and reduced at once to one curve per setting: the figure's cost grows with the settings, not with the seeds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 from harness import store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from concurrent.futures import Executor
+
     import pandas as pd
 
     from tasks.spec import TaskSpec
@@ -31,7 +35,7 @@ FIELDS: dict[str, Any] = {
     "metrics": True, "recipe_name": True, "overrides": True, "method": True, "error": True, "log": True,
     "wall_time_s": True, "finished_at": True, "data_root": True,
     "recipe": {"name": True, "epochs": True, "partial": {"blocks": True}},
-    "backbone": {"name": True, "pretrain": True,
+    "backbone": {"name": True, "pretrain": True, "checkpoint": True,
                  "spec": {"family": True, "paper_name": True, "arch": True, "arch_kwargs": True,
                           "pretrain_epochs": True}},
     "extra": {"log_jsonl": True, "reconstruction": True},
@@ -69,11 +73,14 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
     return {k: node[k] if sub is True else prune(node[k], sub) for k, sub in fields.items() if k in node}
 
 
-def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True
-                 ) -> list[dict[str, Any]]:
-    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path`;
-    unreadable files are reported and skipped, as `store.read_records` does. With `cache`, the pruned records are
-    kept in `folder/CACHE` and a file whose name, size and mtime are unchanged is not parsed again (`_Cache`)."""
+def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True,
+                 pool: Callable[[], Executor | None] | None = None) -> list[dict[str, Any]]:
+    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path` and
+    its provenance for the HTML page (`harness.report_html.runs.extract`: `_prov`, and `_shared`, kind -> (key,
+    content), the content one object for all the records that share it); unreadable files are reported and skipped,
+    as `store.read_records` does. With `cache`, all this is kept in `folder/CACHE` and a file whose name, size and
+    mtime are unchanged is not parsed again (`_Cache`). With `pool`, a function that gives a pool of forked processes
+    (`harness.drawing.Drawer.executor`), many files to parse are parsed in it and here, in chunks."""
     fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
@@ -83,50 +90,122 @@ def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache
         entries = sorted((e for e in it if e.name.endswith(store.SUFFIX) and not e.name.startswith(".")),
                          key=lambda e: e.name)
     known = _Cache(folder / CACHE, fields) if cache else None
+    shared: dict[str, Any] = known.shared if known else {}
+    hits = {e.name: known.get(e) for e in entries} if known else {}
+    todo = [e for e in entries if hits.get(e.name) is None]
+    parsed, texts = _parse([e.path for e in todo], fields, shared, pool)
+    for entry, hit in zip(todo, parsed, strict=True):
+        hits[entry.name] = hit
+        if known and hit is not None and entry.name not in texts:
+            known.put(entry, hit)
+    if known:
+        known.put_text(texts)
     out = []
     for entry in entries:
-        rec = known.get(entry) if known else None
-        if rec is None:
-            rec = _read_pruned(entry.path, fields)
-            if rec is None:
-                continue
-            if known:
-                known.put(entry, rec)
-        out.append({**rec, "_path": entry.path})
+        if hits[entry.name] is None:
+            continue
+        rec, prov, keys = hits[entry.name]
+        out.append({**rec, "_path": entry.path, "_prov": prov,
+                    "_shared": {kind: (key, shared[f"{kind}-{key}"]) for kind, key in keys.items()}})
     if known:
         known.save({e.name for e in entries})
     return out
 
 
-def _read_pruned(path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+PARALLEL_FROM = 500  # files to parse from which a pool shares the work: below, forking costs more than it saves
+
+
+def _parse(paths: list[str], fields: dict[str, Any], shared: dict[str, Any],
+           get_pool: Callable[[], Executor | None] | None) -> tuple[list[Any], dict[str, str]]:
+    """(`_read_pruned` of each path, in order; the cache's entries of the files the workers parsed, as JSON: a
+    fragment of an object per chunk, by the names it holds): in the pool and here, a chunk each, when there are many.
+    A worker sends its chunk as JSON, which the cache writes as it is: quicker than pickling it there, unpickling it
+    here and encoding it again for the cache."""
+    pool = get_pool() if get_pool is not None and len(paths) >= PARALLEL_FROM else None
+    workers = getattr(pool, "_max_workers", 0)
+    if pool is None or workers < 1:
+        return [_read_pruned(p, fields, shared) for p in paths], {}
+    size = -(-len(paths) // (workers + 1))
+    futures = [pool.submit(_read_chunk, paths[i:i + size], fields) for i in range(size, len(paths), size)]
+    out: list[Any] = [_read_pruned(p, fields, shared) for p in paths[:size]]  # this process's chunk, the first
+    texts: dict[str, str] = {}
+    for i, future in zip(range(size, len(paths), size), futures, strict=True):
+        body, blocks, problems = future.result()
+        entries = json.loads("{" + body + "}")
+        for key, content in json.loads(blocks).items():
+            shared.setdefault(key, content)
+        for message in problems:
+            warnings.warn(message, stacklevel=4)
+        for path in paths[i:i + size]:
+            entry = entries.get(os.path.basename(path))
+            out.append(None if entry is None else (entry[2], entry[3], entry[4]))
+        texts.update(dict.fromkeys(entries, body))
+    return out, texts
+
+
+def _read_chunk(paths: list[str], fields: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """In a worker: (the cache's entries of the files, `"name": [size, mtime, record, provenance, keys], ...`, the
+    shared blocks they hold, as JSON; the warnings they gave)."""
+    shared: dict[str, Any] = {}
+    entries = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path in paths:
+            hit = _read_pruned(path, fields, shared)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if hit is not None:
+                entries[os.path.basename(path)] = [st.st_size, st.st_mtime_ns, *hit]
+    return json.dumps(entries)[1:-1], json.dumps(shared), [str(w.message) for w in caught]
+
+
+def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None:
+    """(the record pruned to `fields`, its provenance, kind -> key of its shared blocks), the blocks' content added
+    to `shared` (`kind-key` -> content) unless it is there already; None for a file that is not a record."""
+    from harness.report_html.runs import extract
+
     try:
         with open(path, "rb") as f:
             rec = json.loads(f.read())
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=3)
+        warnings.warn(f"skipping unreadable record {path}: {e}", stacklevel=4)
         return None
     if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
-        warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=3)
+        warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=4)
         return None
-    return prune(rec, fields)
+    prov, blocks = extract(rec)
+    for kind, (key, content) in blocks.items():
+        shared.setdefault(f"{kind}-{key}", content)  # one object per distinct block, however many records share it
+    return prune(rec, fields), prov, {kind: key for kind, (key, _) in blocks.items()}
 
 
 CACHE = ".report-cache"  # a dot-file without the records' suffix: never read as a record
+CACHE_VERSION = 2  # 2: with each record's provenance and the blocks records share
 
 
 class _Cache:
-    """Pruned records by file name, valid while the file's size and mtime are those recorded and the fields the same:
-    a record is written once and never rewritten (`store.write_record`), so that a sweep's report parses each file
-    once. A missing, unreadable or other-fields cache is rebuilt without a word; it is written to a temporary file
-    and renamed, and a folder that cannot be written is simply not cached."""
+    """Pruned records and their provenance by file name, valid while the file's size and mtime are those recorded
+    and the fields the same: a record is written once and never rewritten (`store.write_record`), so that a sweep's
+    report parses each file once. The provenance's shared blocks are kept once, by key. A missing, unreadable or
+    other-fields cache is rebuilt without a word; it is written to a temporary file and renamed, and a folder that
+    cannot be written is simply not cached."""
 
     def __init__(self, path: Path, fields: dict[str, Any]) -> None:
-        self.path, self.key, self.changed = path, json.dumps(fields, sort_keys=True), False
+        from harness.report_html.runs import KEEP
+
+        self.path, self.changed = path, False
+        self.key = json.dumps({"fields": fields, "provenance": KEEP}, sort_keys=True)
         self.entries: dict[str, list[Any]] = {}
+        self.texts: dict[str, str] = {}  # name -> a JSON fragment holding its entry (`put_text`)
+        self.shared: dict[str, Any] = {}
         try:
             doc = json.loads(path.read_bytes())
-            if isinstance(doc, dict) and doc.get("version") == 1 and doc.get("fields") == self.key:
-                self.entries = doc["entries"] if isinstance(doc.get("entries"), dict) else {}
+            if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION and doc.get("fields") == self.key \
+                    and isinstance(doc.get("entries"), dict) and isinstance(doc.get("shared"), dict):
+                self.entries, self.shared = doc["entries"], doc["shared"]
         except (OSError, ValueError):
             pass
 
@@ -135,21 +214,29 @@ class _Cache:
         st = entry.stat()
         return [st.st_size, st.st_mtime_ns]
 
-    def get(self, entry: os.DirEntry) -> dict[str, Any] | None:
+    def get(self, entry: os.DirEntry) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None:
         hit = self.entries.get(entry.name)
         try:
-            valid = isinstance(hit, list) and len(hit) == 3 and isinstance(hit[2], dict)
+            valid = isinstance(hit, list) and len(hit) == 5 and all(isinstance(h, dict) for h in hit[2:])
+            valid = valid and all(f"{k}-{v}" in self.shared for k, v in hit[4].items())
             valid = valid and hit[:2] == self._stamp(entry)
-        except OSError:
+        except (OSError, TypeError):
             return None
-        return hit[2] if valid else None
+        return (hit[2], hit[3], hit[4]) if valid else None
 
-    def put(self, entry: os.DirEntry, rec: dict[str, Any]) -> None:
+    def put(self, entry: os.DirEntry, hit: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
         try:
-            self.entries[entry.name] = [*self._stamp(entry), rec]
+            self.entries[entry.name] = [*self._stamp(entry), *hit]
             self.changed = True
         except OSError:
             pass
+
+    def put_text(self, texts: dict[str, str]) -> None:
+        """Entries as JSON already: name -> a fragment of an object (`"name": [...], ...`) that holds its entry."""
+        for name in texts:
+            self.entries.pop(name, None)
+        self.texts.update(texts)
+        self.changed = self.changed or bool(texts)
 
     def save(self, names: set[str]) -> None:
         gone = set(self.entries) - names
@@ -159,7 +246,14 @@ class _Cache:
             return
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps({"version": 1, "fields": self.key, "entries": self.entries}))
+            parts = [json.dumps(self.entries)[1:-1], *dict.fromkeys(self.texts.values())]
+            entries = "{" + ", ".join(p for p in parts if p) + "}"
+            # what the entries refer to: those here, and the fragments' (the blocks they name are all in `shared`)
+            used = {f"{k}-{v}" for hit in self.entries.values() for k, v in hit[4].items()} if not self.texts \
+                else set(self.shared)
+            shared = json.dumps({k: v for k, v in self.shared.items() if k in used})
+            tmp.write_text(f'{{"version": {CACHE_VERSION}, "fields": {json.dumps(self.key)}, "entries": {entries}, '
+                           f'"shared": {shared}}}')
             os.replace(tmp, self.path)
         except (OSError, TypeError, ValueError):  # read-only folder, or a value JSON cannot hold
             tmp.unlink(missing_ok=True)
@@ -211,16 +305,35 @@ def pretrain_setting(rec: dict[str, Any], split: frozenset[str] | None = None) -
 def loss_curves(pretrains: list[dict[str, Any]], split: frozenset[str] | None = None) -> pd.DataFrame:
     """One row per (panel, setting, logged step): mean and sample std of the loss over the seeds that logged that
     step, and their number n (a run cut short by a kill counts where it has values)."""
+    return curves_from_logs(loss_logs(pretrains, split))
+
+
+def loss_logs(pretrains: list[dict[str, Any]], split: frozenset[str] | None = None
+              ) -> list[tuple[tuple[str, str], str, list[int]]]:
+    """((panel, setting), log path, [size, mtime]) of each pretraining whose log is there: what `curves_from_logs`
+    reads, and what tells whether it changed."""
+    out = []
+    for rec in pretrains:
+        log = (rec.get("extra") or {}).get("log_jsonl")
+        try:
+            st = os.stat(log) if log else None
+        except OSError:
+            st = None
+        if st is not None and Path(log).is_file():
+            out.append((pretrain_setting(rec, split), str(log), [st.st_size, st.st_mtime_ns]))
+    return out
+
+
+def curves_from_logs(logs: list[tuple[tuple[str, str], str, list[int]]]) -> pd.DataFrame:
+    """`loss_curves` of the logs `loss_logs` found."""
     import numpy as np
     import pandas as pd
 
     runs: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = defaultdict(list)
-    for rec in pretrains:
-        log = (rec.get("extra") or {}).get("log_jsonl")
-        if log and Path(log).is_file():
-            steps, losses = read_loss(Path(log))
-            if losses:
-                runs[pretrain_setting(rec, split)].append((steps, losses))
+    for setting, log, _ in logs:
+        steps, losses = read_loss(Path(log))
+        if losses:
+            runs[tuple(setting)].append((steps, losses))
     parts = []
     for (panel, setting), curves in sorted(runs.items()):
         steps = np.concatenate([np.asarray(s) for s, _ in curves])

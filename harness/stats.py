@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 BASELINE_FAMILY = "supervised"
-# Families whose runs are controls: a ViT trained from scratch is the floor a pretraining must clear. The charts draw
-# their means as lines; a fuller notion of controls (e.g. a random-feature linear probe) is left to the spec.
-CONTROL_FAMILIES = ("scratch", "random")
+# The rows of the controls (`harness.controls`): after the backbones in every table and chart; the floor's means (a
+# random encoder, frozen) are the charts' dashed lines.
+CONTROL_FAMILIES = ("floor",)
+LAST_FAMILIES = ("floor", "pixels")
 LEVEL = 0.95
 INTERVAL_NOTE = ("Cells: mean ± sample std over seeds, [95% t-interval of the mean: mean ± t(0.975, n-1)·s/√n] "
                  "(n seeds); Δ: difference to the supervised backbone of the same architecture and recipe, paired by "
@@ -112,7 +113,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         zip(out["recipe"], out["family"], out["model"], out["column"], strict=True)
     ]
     out["control"] = out["family"].isin(CONTROL_FAMILIES)
-    out["_first"] = out["family"] != BASELINE_FAMILY
+    out["_first"] = [0 if f == BASELINE_FAMILY else 2 + LAST_FAMILIES.index(f) if f in LAST_FAMILIES else 1
+                     for f in out["family"]]  # the baseline, the backbones, then the controls
     out = out.sort_values(["recipe", "column", "_first", "label"]).reset_index(drop=True)
     return out[SUMMARY_COLUMNS]
 
@@ -148,9 +150,11 @@ def _row_labels(agg: pd.DataFrame) -> list[str]:
 
 
 def row_order(part: pd.DataFrame) -> list[str]:
-    """The rows of a table or bars of a chart: the baseline first (the row Δ refers to), then alphabetical."""
-    first = dict(zip(part["label"], part["family"] != BASELINE_FAMILY, strict=True))
-    return sorted(first, key=lambda label: (first[label], label))
+    """The rows of a table or bars of a chart: the baseline first (the row Δ refers to), then alphabetical, then the
+    controls (floor, pixels)."""
+    rank = {label: 0 if family == BASELINE_FAMILY else 2 + LAST_FAMILIES.index(family) if family in LAST_FAMILIES
+            else 1 for label, family in zip(part["label"], part["family"], strict=True)}
+    return sorted(rank, key=lambda label: (rank[label], label))
 
 
 def fmt_cell(mean: float, std: float, n: int, digits: int = 1) -> str:

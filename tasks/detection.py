@@ -243,6 +243,7 @@ def model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> dic
         ctx, img_size=image, pyramid=m["pyramid"], drop_path_rate=recipe["optim"]["drop_path_rate"],
         window_size=m["window_size"], global_blocks=m["global_blocks"] or (), taps=m["taps"], scale_factors=scales,
         rel_pos=m.get("rel_pos"), window_pos=m.get("window_pos") or "interpolate",
+        frozen=m.get("freeze_backbone", False),
     )
     if m.get("patch_size") is not None:
         backbone["patch_size"] = int(m["patch_size"])

@@ -92,8 +92,10 @@ def backbone_cfg(
     scale_factors: tuple[float, ...] | list[float] | None = None,
     rel_pos: str | None = None,
     window_pos: str = "interpolate",
+    frozen: bool = False,
 ) -> dict[str, Any]:
-    """The `HarnessViT` config of the run's backbone, with the run's checkpoint and trust setting."""
+    """The `HarnessViT` config of the run's backbone, with the run's checkpoint and trust setting; `frozen` (recipe
+    key `model.freeze_backbone`) keeps the encoder's weights as loaded and out of the optimizer."""
     cfg = dict(
         type="HarnessViT",
         backbone=ctx.backbone,
@@ -107,6 +109,7 @@ def backbone_cfg(
         rel_pos=rel_pos or None,
         window_pos=window_pos,
         allow_pickle=bool(ctx.allow_pickle),
+        frozen=bool(frozen),
     )
     if scale_factors is not None:
         cfg["scale_factors"] = tuple(float(s) for s in scale_factors)

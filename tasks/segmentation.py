@@ -167,7 +167,7 @@ def _model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> di
         test_cfg = dict(mode="slide", crop_size=tuple(t["crop"]), stride=tuple(t["stride"]))
     backbone = mmcommon.backbone_cfg(
         ctx, crop, m["pyramid"], m["drop_path_rate"], m["window_size"], m["global_blocks"], m["taps"], scale_factors,
-        rel_pos=m.get("rel_pos"),
+        rel_pos=m.get("rel_pos"), frozen=m.get("freeze_backbone", False),
     )
     backbone.update(pyramid_norm=_pyramid_norm(m["pyramid_norm"], m["pyramid"], ctx.launcher),
                     layer_scale=m["layer_scale"])

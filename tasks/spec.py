@@ -87,6 +87,21 @@ class DataLayout:
     alternatives: tuple[str, ...] = ()
 
 
+CONTROLS = ("floor", "pixels")  # `harness run --controls`: the kinds of control run a task may declare
+
+
+@dataclass(frozen=True)
+class Control:
+    """How a task runs one kind of control (`harness.controls`): a protocol and recipe overrides on a random encoder
+    of each architecture (the floor), or on none (pixels); `column` names the table column its runs feed when their
+    protocol is not a column's own (the pixel reference beside the linear probes)."""
+
+    kind: str  # floor | pixels
+    protocol: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    column: str | None = None
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -98,6 +113,7 @@ class TaskSpec:
     columns: tuple[Column, ...] = ()
     order: int = 100  # the place of its table in the report (and of its runs in the summary's metric lookup)
     path: str | None = None  # the file it was read from
+    controls: dict[str, Control] = field(default_factory=dict)  # by kind (`CONTROLS`): what `--controls` runs
 
     def data_title(self, embedded: bool) -> str:
         """The table's title; for runs on the embedded Fashion-MNIST sets, the data set whose layout they borrow is
@@ -118,7 +134,7 @@ class SpecError(ValueError):
     """A spec file that does not say what a task spec must: the message names the file and the key."""
 
 
-_TOP = {"name", "target", "title", "protocols", "main_metrics", "data", "columns", "order"}
+_TOP = {"name", "target", "title", "protocols", "main_metrics", "data", "columns", "order", "controls"}
 _COLUMN = {"key", "label", "metrics", "protocol", "scale", "higher_is_better", "best_metric", "split"}
 
 
@@ -184,7 +200,22 @@ def parse_spec(raw: Any, path: str | Path) -> TaskSpec:
         raise SpecError(f"{path}: columns: a key is given twice ({', '.join(keys)})")
     return TaskSpec(name=name, target=target, title=str(raw.get("title") or name), protocols=protocols,
                     main_metrics=_strings(raw.get("main_metrics") or [], f"{path}: main_metrics"), data=data,
-                    columns=cols, order=_order(raw.get("order", 100), path), path=str(path))
+                    columns=cols, order=_order(raw.get("order", 100), path), path=str(path),
+                    controls=_controls(raw.get("controls") or {}, f"{path}: controls", cols))
+
+
+def _controls(raw: Any, where: str, cols: tuple[Column, ...]) -> dict[str, Control]:
+    raw = _mapping(raw, where, set(CONTROLS), ())
+    out = {}
+    for kind, c in raw.items():
+        c = _mapping(c or {}, f"{where}.{kind}", {"protocol", "overrides", "column"}, ())
+        if not isinstance(c.get("overrides") or {}, dict):
+            raise SpecError(f"{where}.{kind}.overrides: must map recipe keys to values")
+        if c.get("column") is not None and c["column"] not in {col.key for col in cols}:
+            raise SpecError(f"{where}.{kind}.column: {c['column']!r} is not a column of the task")
+        out[kind] = Control(kind=kind, protocol=c.get("protocol"), overrides=dict(c.get("overrides") or {}),
+                            column=c.get("column"))
+    return out
 
 
 def _order(value: Any, path: str | Path) -> int:

@@ -41,6 +41,9 @@ def test_run_suite_rejects_bad_options_before_running(tmp_path: Path) -> None:
     with pytest.raises(PlanError):
         api.run_suite(preset=str(tmp_path / "missing.yaml"), out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    assert api.run_options(controls=["floor", "pixels"]).controls == "floor,pixels"  # as --controls floor,pixels
+    with pytest.raises(PlanError, match="--controls 'noise'"):
+        api.run_suite(controls=["noise"], out=tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no records folder"):
         api.report(tmp_path / "nothing", tmp_path / "res")
 

@@ -143,6 +143,24 @@ def test_partial_zero_blocks_is_the_linear_probe(data: Path, tmp_path: Path) -> 
     assert result.recipe["protocol"] == "partial" and "linprobe" in result.recipe
 
 
+def test_pixel_reference_is_the_linear_probe_on_pixels(data: Path, tmp_path: Path) -> None:
+    """protocol `pixels` (the control of `harness run --controls pixels`): the linear probe's section and head on the
+    flattened normalised image; no backbone is built or loaded."""
+    overrides = {"linprobe.epochs": 2, "linprobe.warmup_epochs": 1, "linprobe.batch_size": 16}
+    result = cls.run(_ctx(tmp_path, data, "pixels", overrides))
+    assert result.extra["section"] == "linprobe" and result.recipe["protocol"] == "pixels"
+    assert result.extra["cached_features"] is True and result.extra["load_report"]["pixels"] is True
+    assert result.extra["trainable_params"] == 3 * 32 * 32 * 10 + 10
+    weights = _weights(tmp_path)
+    assert set(weights) == {"head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked",
+                            "head.1.weight", "head.1.bias"}
+    assert weights["head.1.bias"].abs().sum() > 0  # trained from its zero start
+    assert 0.0 <= result.metrics["top1"] <= 100.0
+    model, _ = cls.pixel_classifier(_cfg("linprobe"), 10, 32)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.encode(x), x.reshape(2, -1))
+
+
 # --- training ------------------------------------------------------------------------------------------------------
 
 

@@ -192,6 +192,23 @@ def test_each_runs_provenance_is_one_click_away(report: Path) -> None:
     assert "https://example.org/weights.pth" in shared("spec")
 
 
+
+def test_provenance_is_taken_in_the_one_reading_and_cached(report: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provenance the records cache holds is what the whole records give, and a second report parses nothing."""
+    from harness import results
+    from harness.report_html import runs
+
+    folder = report.parent / "records"
+    bare = [{k: v for k, v in r.items() if k not in ("_prov", "_shared")}
+            for r in results.read_compact(folder, cache=False)]
+    whole = runs.read(bare)  # from each whole record, read again
+    monkeypatch.setattr(results, "_read_pruned", lambda *a: pytest.fail(f"parsed again: {a[0]}"))
+    cached = runs.read(results.read_compact(folder))
+    assert cached == whole and len(cached.runs) == len(store.latest(bare)) > 10
+    assert set(cached.shared) == {"recipe", "spec", "env"} and len(cached.shared["env"]) == 1
+    recs = results.read_compact(folder)
+    assert len({id(r["_shared"]["env"][1]) for r in recs}) == 1  # one object for what every record shares
+
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:

@@ -81,8 +81,9 @@ def test_log_backend_reaches_the_worker_env(monkeypatch) -> None:
     from harness.run.launch import worker_env
     from tasks.training import vis_backends
 
-    env = worker_env(argparse.Namespace(log_backend="tensorboard"))
+    env = worker_env(argparse.Namespace(log_backend="tensorboard", out="runs/x"))
     assert env["HARNESS_LOG_BACKEND"] == "tensorboard" and str(ROOT) in env["PYTHONPATH"].split(":")
+    assert env["HARNESS_FEATURE_CACHE"] == str(Path("runs/x/work/features").resolve())  # shared by a suite's runs
     monkeypatch.setenv("HARNESS_LOG_BACKEND", "tensorboard")
     assert vis_backends() == [{"type": "LocalVisBackend"}, {"type": "TensorboardVisBackend"}]
     monkeypatch.delenv("HARNESS_LOG_BACKEND")

@@ -178,3 +178,18 @@ def test_listing_imports_neither_torch_nor_timm():
             "assert all(r['params'] != '?' for r in table); "
             "heavy = [m for m in ('torch', 'timm') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_random_name_is_the_architecture_without_weights():
+    """`random:<name>` (the floor of `harness run --controls`): the same model and preprocessing, no weights at all."""
+    from backbones.checkpoint import create_backbone
+
+    spec, rand = registry.get_spec("mae_vit_base_patch16"), registry.get_spec("random:mae_vit_base_patch16")
+    assert rand.name == "random:mae_vit_base_patch16" and rand.family == "scratch"
+    assert (rand.arch, rand.arch_kwargs, rand.img_size, rand.mean) == (spec.arch, spec.arch_kwargs, spec.img_size,
+                                                                       spec.mean)
+    assert spec.url and rand.url is None and rand.checkpoint is None and rand.sha256 is None
+    model = create_backbone("random:test_vit")  # nothing to download or load
+    assert model.checkpoint_path is None and model.backbone_spec.family == "scratch"
+    with pytest.raises(KeyError, match="unknown backbone 'nope'"):
+        registry.get_spec("random:nope")

@@ -127,7 +127,8 @@ def test_write_report_files(records: Path, tmp_path: Path) -> None:
     md = (out / "in1k_tiny.md").read_text()
     assert "| mae_t | mae | 82.0 ± 2.0 [77.0, 87.0] (n=3) | +1.0 [+1.0, +1.0]* (2 pairs) |" in md
     csv = pd.read_csv(out / "in1k_tiny.csv")
-    assert list(csv["backbone"]) == ["sup_t", "mae_t", "scratch_t"]  # the baseline first
+    # the baseline first, the controls last (scratch_t's linear probe is also the in1k floor, `harness.controls`)
+    assert list(csv["backbone"]) == ["sup_t", "mae_t", "scratch_t", "random frozen (floor)"]
     tex = (out / "in1k_tiny.tex").read_text()
     assert r"82.0 $\pm$ 2.0 [77.0, 87.0] (n=3)" in tex and r"$\Delta$ IN1K fine-tune top-1" in tex and "±" not in tex
     ref = pd.read_csv(out / "reference.csv")
@@ -253,5 +254,5 @@ def test_results_json(records: Path, tmp_path: Path) -> None:
     base = next(c for c in doc["cells"] if c["backbone"] == "sup_t" and c["column"] == "in1k_finetune")
     assert base["delta"] is None  # NaN is written as null
     table = next(t for t in doc["tables"] if t["name"] == "in1k_tiny")
-    assert [r["backbone"] for r in table["rows"]] == ["sup_t", "mae_t", "scratch_t"]
+    assert [r["backbone"] for r in table["rows"]] == ["sup_t", "mae_t", "scratch_t", "random frozen (floor)"]
     assert table["markdown"] == (out / "in1k_tiny.md").read_text().split("\n\n", 1)[1]

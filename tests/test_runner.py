@@ -304,9 +304,12 @@ def test_builtin_presets_plan(tmp_path, monkeypatch, capsys) -> None:
     assert {"tiny", "paper", "short"} <= set(list_presets())
     assert harness(monkeypatch, "run", "--preset", "tiny", "--out", str(tmp_path / "t"), "--dry-run") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "23 runs" in lines[0]  # 3 pretrainings + 4 backbones x (3 in1k protocols + coco + ade20k)
+    # 3 pretrainings + 4 backbones x (3 in1k protocols + coco + ade20k) + the controls: a floor for coco and ade20k
+    # (in1k's is the scratch linear probe, planned once) and the pixel reference
+    assert "26 runs" in lines[0]
     kinds = [line.split()[1] for line in lines[3:]]
     assert kinds.count("pretrain") == 3 and kinds.count("task") == 20
+    assert kinds.count("floor") == 2 and kinds.count("pixels") == 1
     assert load_preset("tiny").pretrain.backbones["mocov3_vit_tiny_patch4"] == "mocov3"
     for name in ("paper", "short"):
         assert harness(monkeypatch, "run", "--preset", name, "--out", str(tmp_path / name)) == DID_NOT_START
@@ -418,3 +421,45 @@ def test_run_ids_do_not_change() -> None:
     run.assign_id()
     pre.assign_id()
     assert (run.run_id, pre.run_id) == ("c65521cc981b", "c23608d97934")
+
+
+def test_controls_are_planned_run_and_skipped_like_any_run(tmp_path, monkeypatch, capsys) -> None:
+    """--controls floor,pixels: per seed, the random encoder's linear probe (in1k's floor; here not among the suite's
+    protocols, so a run of its own) and the pixel reference, with ids of their own; rows of their own in the report."""
+    preset, out = write_suite(tmp_path, suite="[in1k]", protocols="[finetune]"), tmp_path / "out"
+    args = [*base_args(preset, out), "--seeds", "0,1"]
+    assert harness(monkeypatch, *args, "--controls", "none", "--dry-run") == 0
+    assert "6 runs" in capsys.readouterr().out
+    assert harness(monkeypatch, *args, "--controls", "floor,pixels", "--dry-run") == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
+    controls = [(r[1], r[2], r[4], r[5]) for r in rows if r[1] in ("floor", "pixels")]
+    assert controls == [("floor", "scratch_vit_tiny_patch4", "linprobe", "0"),
+                        ("pixels", "scratch_vit_tiny_patch4", "pixels", "0"),
+                        ("floor", "scratch_vit_tiny_patch4", "linprobe", "1"),
+                        ("pixels", "scratch_vit_tiny_patch4", "pixels", "1")]
+    assert len({r[0] for r in rows}) == 10
+    assert harness(monkeypatch, *args, "--controls", "floor,pixels") == 0
+    recs = latest(out)
+    assert len(recs) == 10 and all(r["status"] == "finished" for r in recs.values())
+    assert sorted(r["protocol"] for r in recs.values() if r["protocol"] != "finetune") == ["linprobe"] * 2 + \
+        ["pixels"] * 2
+    md = (out / "results" / "in1k.md").read_text()
+    assert "| random frozen (floor) | floor |" in md and "| pixels, linear | pixels |" in md
+    assert "> " not in md  # no pretrained backbone in the floor's column (the linear probe): nothing to compare
+    capsys.readouterr()
+    assert harness(monkeypatch, *args, "--controls", "floor,pixels", "--dry-run") == 0
+    assert "0 to run" in capsys.readouterr().out  # resumed and skipped like any run
+
+
+def test_bad_controls_stop_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path), tmp_path / "out"
+    assert harness(monkeypatch, *base_args(preset, out), "--controls", "flor") == DID_NOT_START
+    assert "--controls 'flor': allowed are none or comma-separated floor, pixels" in capsys.readouterr().err
+    # the dummy recipe has no model.freeze_backbone: coco's floor cannot run with it
+    assert harness(monkeypatch, *base_args(preset, out), "--controls", "floor") == DID_NOT_START
+    err = capsys.readouterr().err
+    assert "--controls floor: task coco" in err and "freeze_backbone" in err
+    (tmp_path / "bad.yaml").write_text(preset.read_text() + "controls: [floor, noise]\n")
+    assert harness(monkeypatch, *base_args(tmp_path / "bad.yaml", out)) == DID_NOT_START
+    assert "controls 'floor,noise'" in capsys.readouterr().err
+    assert not out.exists()

@@ -88,6 +88,9 @@ class HarnessViT(BaseModule):
     the windowed forward's absolute position embedding: `'interpolate'` (ViTDet: resampled to the image's grid) or
     `'tile'` (the pretrained grid, resampled to one window, repeated in every window; global blocks then see the
     repeated positions too).
+    `frozen=True` freezes the encoder (`self.vit`, with any position bias or layer scale added to it) as built: no
+    gradients and eval mode, while the pyramid, neck and heads train (the random-and-frozen floor of `harness run
+    --controls`).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class HarnessViT(BaseModule):
         layer_scale: float | None = None,
         patch_size: int | None = None,
         allow_pickle: bool = False,
+        frozen: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -157,6 +161,10 @@ class HarnessViT(BaseModule):
             **report,
             "removed": removed,
         }
+        self.frozen = bool(frozen)
+        if self.frozen:  # the encoder as built (the pyramid still trains): no gradients, so no optimizer state
+            self.vit.requires_grad_(False)
+            self.vit.eval()
 
     @staticmethod
     def _resolve_taps(
@@ -341,6 +349,12 @@ class HarnessViT(BaseModule):
                 tokens = tokens + pos[:, :embedded_prefix]
             x = torch.cat([tokens, x], dim=1)
         return vit.pos_drop(x)
+
+    def train(self, mode: bool = True) -> HarnessViT:
+        super().train(mode)
+        if self.frozen:  # a frozen encoder keeps its inference behaviour: no drop path, no dropout
+            self.vit.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """[B, 3, H, W] -> four maps [B, C_i, H / stride_i, W / stride_i]."""

@@ -26,13 +26,21 @@ if TYPE_CHECKING:
 PAGE = "index.html"
 
 
-def write_page(out: Path, *, frame: pd.DataFrame, tables: dict[str, pd.DataFrame], parts: list[tuple[Any, ...]],
-               titles: dict[str, str], reference: pd.DataFrame, records: list[dict[str, Any]], files: list[Path],
-               notes: list[str], specs: dict[str, TaskSpec]) -> list[Path]:
-    """Writes `out/index.html`. `tables` and `titles` are keyed by file stem; `parts` are the report's
-    (stem, task, recipe, ...) of each table; `notes` the Markdown summary's entries (its prose is shown);
-    `files` what the report wrote (its PNG figures are inlined)."""
+def prepare(records: list[dict[str, Any]], specs: dict[str, TaskSpec]) -> runs.Provenance:
+    """The runs' provenance and its section of the page, made before the page (while the figures are drawn)."""
     prov = runs.read(records)
+    prov.html = runs.section(prov, {name: spec.order for name, spec in specs.items()})
+    return prov
+
+
+def write_page(out: Path, *, frame: pd.DataFrame, tables: dict[str, pd.DataFrame], parts: list[tuple[Any, ...]],
+               titles: dict[str, str], reference: pd.DataFrame, records: list[dict[str, Any]] | runs.Provenance,
+               files: list[Path], notes: list[str], specs: dict[str, TaskSpec]) -> list[Path]:
+    """Writes `out/index.html`. `tables` and `titles` are keyed by file stem; `parts` are the report's
+    (stem, task, recipe, ...) of each table; `records` the compact records, or what `prepare` made of them; `notes`
+    the Markdown summary's entries (its prose is shown); `files` what the report wrote (its PNG figures are
+    inlined)."""
+    prov = records if isinstance(records, runs.Provenance) else prepare(records, specs)
     pngs = {p.stem: p for p in map(Path, files) if p.suffix == ".png" and p.is_file()}
     by_task: dict[str, list[str]] = {}
     for stem, task, *_ in parts:
@@ -48,7 +56,7 @@ def write_page(out: Path, *, frame: pd.DataFrame, tables: dict[str, pd.DataFrame
     sections.append(_published(reference))
     sections.append(_pretraining(pngs, prov))
     sections.append(_figures("other-figures", "Other figures", list(pngs.values())))
-    sections.append(Section("runs", "Runs", runs.section(prov, order)))
+    sections.append(Section("runs", "Runs", prov.html))
     shown = [s for s in sections if s is not None]
     body = _header(frame, prov, notes, shown) + "\n".join(s.html() for s in shown)
     path = Path(out) / PAGE
@@ -135,8 +143,10 @@ def _task_section(task: str, stems: list[str], tables: dict[str, pd.DataFrame], 
             title = title[len(heading) + 1:].strip()
         elif embedded and names and title.startswith(names[0]):  # the borrowed name is not the data's
             title = title[len(names[0]):].strip(" ,")
-        blocks.append(f"<h3>{esc(title)}</h3>{markup.table(tables[stem], f'table-{anchor(stem)}')}")
-    caption = f"{task}: the mean over seeds, error bars the 95% t-interval (n ≥ 2), dashed lines the from-scratch floor"
+        verdicts = "".join(f'<p class="verdict">{esc(v)}</p>' for v in tables[stem].attrs.get("verdicts", ()))
+        blocks.append(f"<h3>{esc(title)}</h3>{markup.table(tables[stem], f'table-{anchor(stem)}')}{verdicts}")
+    caption = (f"{task}: the mean over seeds, error bars the 95% t-interval (n ≥ 2), dashed lines the floor (a random "
+               "encoder, frozen)")
     figure = markup.figure(chart, caption) if chart else ""
     body = f'{note}<div class="pair"><div class="tables">{"".join(blocks)}</div>{figure}</div>'
     return Section(f"task-{anchor(task)}", heading, body, tag=task)

@@ -2,10 +2,10 @@
 each result: what ran (recipe, backbone spec and checkpoint hash, seed, data), where and with what (versions, git
 commit, hardware), how long, its log, and how it failed.
 
-The report's own reading (`harness.results.read_compact`) keeps only what the tables need, so the newest record of
-each run is read again here, whole, and pruned at once to `KEEP`. The resolved recipe, the backbone spec and the
-environment (versions, git, hardware) repeat across a sweep's runs; each distinct one is kept and shown once and the
-runs link to it, so that the page grows by a few hundred bytes a run.
+The report's own reading (`harness.results.read_compact`) parses each record once and takes its provenance then
+(`extract`: the fields in `KEEP`), keeping it in the records cache beside what the tables need. The resolved recipe,
+the backbone spec and the environment (versions, git, hardware) repeat across a sweep's runs; each distinct one is
+kept and shown once and the runs link to it, so that the page grows by a few hundred bytes a run.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Provenance:
     shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> {key: content}
     users: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, key, task) -> runs
     attempts: Counter[str] = field(default_factory=Counter)  # run id -> records of it
+    html: str = ""  # the page's section of the runs (`section`), once made
 
     def by_id(self) -> dict[str, dict[str, Any]]:
         return {r["run_id"]: r for r in self.runs}
@@ -55,24 +56,35 @@ def _whole(rec: dict[str, Any]) -> dict[str, Any]:
         return rec
 
 
+def extract(rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, Any]]]:
+    """A whole record's provenance: the run's own fields (`KEEP`, the backbone's name, checkpoint, hash and
+    pretraining, its git state, and the key of each shared block) and the shared blocks, kind -> (key, content).
+    `harness.results.read_compact` calls it on each record as it parses it, so that no record is read twice."""
+    run = {k: rec.get(k) for k in KEEP}
+    backbone = rec.get("backbone") or {}
+    run["backbone"] = {k: backbone.get(k) for k in ("name", "checkpoint", "sha256", "pretrain")}
+    env = {k: rec.get(k) or {} for k in ("versions", "git", "hardware")}
+    blocks = {}
+    for kind, content in (("recipe", rec.get("recipe")), ("spec", backbone.get("spec")), ("env", env)):
+        if content:
+            run[f"{kind}_key"] = _key(content)
+            blocks[kind] = (run[f"{kind}_key"], content)
+    run["git"] = env["git"]
+    return run, blocks
+
+
 def read(records: list[dict[str, Any]]) -> Provenance:
-    """The provenance of the newest record of each run id in `records` (the report's compact records)."""
+    """The provenance of the newest record of each run id in `records` (the report's compact records: each carries
+    what `extract` took from it as `_prov` and `_shared`; one without is read again, whole)."""
     from harness import store
 
     out = Provenance(attempts=Counter(r["run_id"] for r in records))
     for compact in store.latest(records).values():
-        rec = _whole(compact)
-        run = {k: rec.get(k) for k in KEEP}
-        backbone = rec.get("backbone") or {}
-        run["backbone"] = {k: backbone.get(k) for k in ("name", "checkpoint", "sha256", "pretrain")}
-        env = {k: rec.get(k) or {} for k in ("versions", "git", "hardware")}
-        for kind, content in (("recipe", rec.get("recipe")), ("spec", backbone.get("spec")), ("env", env)):
-            if content:
-                key = _key(content)
-                out.shared.setdefault(kind, {}).setdefault(key, content)
-                out.users[kind, key, " / ".join(str(x) for x in (run["task"], run["protocol"]) if x)] += 1
-                run[f"{kind}_key"] = key
-        run["git"] = env["git"]
+        run, blocks = (compact["_prov"], compact["_shared"]) if "_prov" in compact else extract(_whole(compact))
+        run = dict(run)
+        for kind, (key, content) in blocks.items():
+            out.shared.setdefault(kind, {}).setdefault(key, content)
+            out.users[kind, key, " / ".join(str(x) for x in (run["task"], run["protocol"]) if x)] += 1
         out.runs.append(run)
     return out
 

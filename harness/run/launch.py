@@ -105,6 +105,8 @@ def worker_env(opts: RunOptions, share: dict[str, str] | None = None) -> dict[st
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
     env["HARNESS_RUNNER_PID"] = str(os.getpid())  # harness.worker.PARENT_ENV: the worker exits when this one does
+    # tasks.classification.features: the frozen part's features of one encoder, computed once for all its seeds
+    env["HARNESS_FEATURE_CACHE"] = str((Path(opts.out) / "work" / "features").resolve())
     if opts.log_backend:
         env["HARNESS_LOG_BACKEND"] = opts.log_backend  # tasks.training.vis_backends() reads it
     env.update(share or {})

@@ -15,6 +15,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=DEFAULT, help=f"tiny | paper | short | a preset YAML (default {DEFAULT})")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     parser.add_argument("--protocols", help="in1k protocols: finetune,linprobe,partial (default: the preset's)")
+    parser.add_argument("--controls", help="control runs: floor,pixels or none (default: the preset's): a random "
+                        "frozen encoder per architecture, a linear classifier on pixels (harness.controls)")
     parser.add_argument("--recipe", action="append", default=[], metavar="[TASK=]NAME",
                         help="recipe of every task, or of one task (repeatable; default: the preset's)")
     parser.add_argument("--pretrain-epochs", type=int, help="epochs of the preset's pretrainings (default: recipe's)")
@@ -56,6 +58,7 @@ class RunOptions:
     preset: str = "tiny"  # harness.presets.DEFAULT
     seeds: str | None = None
     protocols: str | None = None
+    controls: str | None = None  # floor,pixels | none (None: the preset's)
     recipe: tuple[str, ...] = ()
     pretrain_epochs: int | None = None
     sweep: tuple[str, ...] = ()  # one key for now (`harness.run.sweep`)

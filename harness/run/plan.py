@@ -62,6 +62,7 @@ class Run:
     epochs: int | None = None  # pretraining epochs (None: the recipe's)
     after: Run | None = None  # the pretraining whose encoder this run loads
     sweep: dict[str, Any] | None = None  # a pretraining's setting of `--sweep`: {key, value}
+    control: str | None = None  # floor | pixels: a control run (`harness.controls`); its id is a task run's
     run_id: str | None = None  # None while `after` has not produced its encoder
     status: str = "todo"  # plan: todo | done | failed | pending; after running: finished | failed | blocked | busy
     wall: float | None = None
@@ -89,7 +90,7 @@ class Run:
     def label(self) -> str:
         what = f"pretrain {self.method}" if self.kind == "pretrain" else self.task + (f"/{self.protocol}" if
                                                                                          self.protocol else "")
-        return f"{what} {self.backbone} seed {self.seed}"
+        return f"{what} {self.backbone}{f' ({self.control})' if self.control else ''} seed {self.seed}"
 
 
 @dataclass
@@ -124,6 +125,7 @@ def build_plan(opts: RunOptions) -> Plan:
     made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep_of(opts))
     weights = local_weights(inp, made)
     runs = task_runs(inp, made, weights, records, out / "work" / "sha256_cache.json", opts)
+    runs = by_seed(runs + control_runs(inp, runs, records, out / "work" / "sha256_cache.json", opts))
     jobs = opts.jobs if opts.jobs is not None else inp.preset.jobs
     if jobs < 1:
         raise PlanError(f"--jobs must be at least 1, got {jobs}")
@@ -230,6 +232,47 @@ def task_runs(inp: Inputs, made: dict[str, list[Run]], weights: dict[str, str | 
                         _resolve(run, records, sha_cache, opts.force)
                         runs.append(run)
     return runs
+
+
+def control_runs(inp: Inputs, runs: list[Run], records: dict[str, Record], sha_cache: Path, opts: RunOptions
+                 ) -> list[Run]:
+    """The control runs of `--controls` (else the preset's), per seed and task (`harness.controls`): a random frozen
+    encoder per architecture of the suite's backbones, a pixel reference per classification task. A control that is
+    already one of `runs` (the in1k linear probe of a from-scratch backbone) is not planned twice."""
+    from backbones.registry import get_spec
+    from harness.controls import control_settings, parse_controls
+
+    try:
+        kinds = parse_controls(opts.controls, "--controls") if opts.controls is not None else inp.preset.controls
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    # a from-scratch entry given weights (--checkpoint) is no random encoder
+    specs = {name: {**spec.to_dict(), "checkpoint": inp.given.get(name) or spec.checkpoint}
+             for name, spec in inp.specs.items()}
+    planned, out = {r.run_id for r in runs if r.run_id}, []
+    for seed in inp.seeds:
+        for task, target in inp.suite:
+            recipe = inp.recipes.get(task) or inp.recipes["*"] or inp.preset.recipe_for(task)
+            for control, backbone in control_settings(inp.task_specs.get(task), kinds, specs):
+                overrides = {**inp.overrides[task], **control.overrides}
+                try:
+                    version = recipe_version(task, target, recipe, overrides)
+                except PlanError as e:  # a recipe without the control's key (`model.freeze_backbone`)
+                    raise PlanError(f"--controls {control.kind}: {e}") from None
+                run = Run(kind="task", task=task, target=target, backbone=backbone, spec=get_spec(backbone).to_dict(),
+                          seed=seed, protocol=control.protocol, recipe=recipe, recipe_version=version,
+                          overrides=overrides, data=inp.data, data_root=inp.data_roots.get(task),
+                          data_fingerprint=inp.fingerprints.get(task), control=control.kind)
+                _resolve(run, records, sha_cache, opts.force)
+                if run.run_id not in planned:
+                    planned.add(run.run_id)
+                    out.append(run)
+    return out
+
+
+def by_seed(runs: list[Run]) -> list[Run]:
+    """Runs in seed order, each seed's in the order given: a whole table per seed first, its controls with it."""
+    return sorted(runs, key=lambda r: r.seed)
 
 
 def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:

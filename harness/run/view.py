@@ -31,7 +31,7 @@ def print_plan(plan: Plan) -> None:
         setting = (r.sweep if r.kind == "pretrain" else r.after.sweep if r.after else None) or {}
         if setting:  # a --sweep setting: the pretraining's, or the one whose encoder a transfer loads
             what += f" {setting['key']}={setting['value']}"
-        rows.append([str(rid), r.kind, r.backbone, r.task, what, str(r.seed), str(r.recipe), r.status])
+        rows.append([str(rid), r.control or r.kind, r.backbone, r.task, what, str(r.seed), str(r.recipe), r.status])
     todo = sum(r.status != "done" for r in plan.runs)
     print(f"plan for {plan.out} (preset {plan.preset}): {len(plan.runs)} runs, {len(plan.runs) - todo} done, "
           f"{todo} to run")

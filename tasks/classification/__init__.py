@@ -11,7 +11,8 @@ groups, schedule, loss), `data`, `recipe`, `distributed` and `checkpoint`; this 
 * linear probe: the backbone frozen, the class token through the backbone's final norm, `BatchNorm1d` without affine
   before the linear head, LARS (timm's `Lars`, adapted on weights only, as MAE's `LARS`);
 * partial fine-tune: the last K blocks (and what follows them) tuned with the fine-tuning recipe, the rest frozen and
-  run in eval mode; K = 0 is the linear probe.
+  run in eval mode; K = 0 is the linear probe;
+* pixels (a control, `harness run --controls`): the linear probe's head and recipe on the raw normalised pixels.
 
 The recipe is data (`tasks/recipes/in1k/<name>.yaml`, one section per protocol); values that depend on the model size
 are mappings `{base: .., large: .., huge: ..}`, resolved from the backbone's width and recorded.
@@ -53,7 +54,7 @@ from tasks.classification.data import (
 )
 from tasks.classification.distributed import Dist, init_distributed, resolve_device
 from tasks.classification.engine import Trainer, evaluate, train_one_epoch
-from tasks.classification.model import Classifier, build_classifier
+from tasks.classification.model import Classifier, build_classifier, pixel_classifier
 from tasks.classification.optim import build_criterion, build_optimizer, build_scheduler
 from tasks.classification.recipe import (
     PROTOCOLS,
@@ -76,7 +77,8 @@ __all__ = [  # the entry point, and the parts other code and the tests reach thr
     "CHECKPOINT", "PROTOCOLS", "SIZES", "Classifier", "Dist", "MemoryImageFolder", "_accumulation", "_posterize",
     "augmented", "batches", "best_epoch", "build_classifier", "build_criterion", "build_mixup", "build_optimizer",
     "build_scheduler", "build_transform", "embed_dim", "encode_all", "evaluate", "load_checkpoint", "model_size",
-    "open_split", "patch_timm_posterize", "resolve_section", "run", "save_checkpoint", "train_one_epoch",
+    "open_split", "patch_timm_posterize", "pixel_classifier", "resolve_section", "run", "save_checkpoint",
+    "train_one_epoch",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,10 @@ def run(ctx: TaskContext) -> TaskResult:
 def _run(ctx: TaskContext, s: Setup, device: torch.device, dist_: Dist, t_start: float) -> TaskResult:
     p = plan(s, dist_.world, device)
     seed_everything(ctx.seed)  # the same initial weights on every rank
-    model, report = build_classifier(ctx, p.cfg, s.section, len(s.classes), s.img_size, s.blocks or 0)
+    if s.protocol == "pixels":
+        model, report = pixel_classifier(p.cfg, len(s.classes), s.img_size)
+    else:
+        model, report = build_classifier(ctx, p.cfg, s.section, len(s.classes), s.img_size, s.blocks or 0)
     model.to(device)
     data = load_splits(model, s, p, device)
     per_epoch = len(data.train) // dist_.world // p.micro // p.accum

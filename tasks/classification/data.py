@@ -1,6 +1,7 @@
 """The in1k data: timm's ImageNet transforms (facebookresearch/mae `util/datasets.py`'s `build_transform`), image
 folders (decoded once into memory when small), the loaders of every rank, and the frozen part's features computed
-once (`cache_features`) when its input is not augmented."""
+once (`cache_features`) when its input is not augmented, and shared by the runs with the same frozen part
+(`features`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 from tasks.classification.distributed import Dist
+from tasks.classification.features import cached_features, feature_key
 from tasks.classification.model import Classifier
 from tasks.classification.recipe import Plan, Setup, augmented
 from tasks.training import autocast
@@ -131,12 +133,15 @@ def load_splits(model: Classifier, s: Setup, p: Plan, device: torch.device) -> S
     data_cfg = s.data_cfg
     eval_tf = build_transform(False, p.aug, s.img_size, data_cfg["crop_pct"], s.spec.mean, s.spec.std)
     workers = data_cfg["num_workers"]
-    val = open_split(s.data_root, "val", eval_tf, data_cfg["preload"])
     cached = bool(p.cfg.get("cache_features")) and model.cacheable
     if cached:
-        train = encode_all(model, open_split(s.data_root, "train", eval_tf, data_cfg["preload"]), p.micro, device,
-                           p.precision, workers)
-        val = encode_all(model, val, p.micro, device, p.precision, workers)
-        return Splits(train, val, cached, 0)
+        def features(split: str) -> TensorDataset:  # computed, or read from a run with the same frozen part
+            key = feature_key(model, s.data_root / split, eval_tf, p.micro, device, p.precision)
+            return cached_features(key, lambda: encode_all(
+                model, open_split(s.data_root, split, eval_tf, data_cfg["preload"]), p.micro, device, p.precision,
+                workers))
+
+        return Splits(features("train"), features("val"), cached, 0)
+    val = open_split(s.data_root, "val", eval_tf, data_cfg["preload"])
     train_tf = build_transform(True, p.aug, s.img_size, data_cfg["crop_pct"], s.spec.mean, s.spec.std)
     return Splits(open_split(s.data_root, "train", train_tf, data_cfg["preload"]), val, cached, workers)

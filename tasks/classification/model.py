@@ -1,6 +1,7 @@
 """The in1k model: a timm ViT with a new head, split into the part that is frozen and the part that trains, for
 end-to-end fine-tuning, linear probing (MAE `main_linprobe.py`: the head behind a `BatchNorm1d` without affine) and
-partial fine-tuning of the last K blocks (He et al. 2021, section 4.3)."""
+partial fine-tuning of the last K blocks (He et al. 2021, section 4.3); and the pixel reference (`pixels`): the linear
+probe's head on the raw normalised pixels, a control of `harness run --controls`."""
 
 from __future__ import annotations
 
@@ -81,8 +82,38 @@ class Classifier(nn.Module):
         return vit(z)
 
 
+class PixelClassifier(nn.Module):
+    """The linear probe's head on the image itself: `BatchNorm1d` without affine, then a linear layer, on the
+    normalised pixels flattened (`encode`: [B, 3, H, W] -> [B, 3 * H * W], nothing frozen to compute but the view)."""
+
+    protocol = "pixels"
+    cacheable = True
+    n_frozen = 0  # no frozen block: `encode` is a view of the image
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.BatchNorm1d(head.in_features, affine=False, eps=1e-6), head)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)  # [B, 3 * H * W]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z)
+
+
+def pixel_classifier(cfg: dict[str, Any], num_classes: int, img_size: int) -> tuple[PixelClassifier, dict[str, Any]]:
+    """The pixel reference, its head initialised as the linear probe's (`head_init_std`, zero bias)."""
+    from timm.layers import trunc_normal_
+
+    head = nn.Linear(3 * img_size * img_size, num_classes)
+    trunc_normal_(head.weight, std=cfg["head_init_std"])
+    nn.init.zeros_(head.bias)
+    return PixelClassifier(head), {"checkpoint": None, "pixels": True}
+
+
 def build_classifier(ctx: TaskContext, cfg: dict[str, Any], protocol: str, num_classes: int, img_size: int,
-                     blocks: int) -> tuple[Classifier, dict[str, Any]]:
+                     blocks: int) -> tuple[Classifier | PixelClassifier, dict[str, Any]]:
     from timm.layers import trunc_normal_
 
     from backbones.checkpoint import create_backbone

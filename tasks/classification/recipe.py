@@ -14,7 +14,7 @@ import torch
 from tasks import TaskContext
 from tasks.training import resolve_compile
 
-PROTOCOLS = ("finetune", "linprobe", "partial")
+PROTOCOLS = ("finetune", "linprobe", "partial", "pixels")  # pixels: the linear probe's recipe on raw pixels
 SIZES = ("base", "large", "huge")
 PRECISIONS = ("bf16", "fp32", "none")  # no fp16: the loop has no loss scaling
 
@@ -64,12 +64,15 @@ def augmented(aug: dict[str, Any]) -> bool:
 
 
 def _protocol(ctx: TaskContext, recipe: dict[str, Any]) -> tuple[str, str, int | None]:
-    """(protocol asked, recipe section that runs, K). Partial with K = 0 is the linear probe."""
+    """(protocol asked, recipe section that runs, K). Partial with K = 0 is the linear probe; the pixel reference
+    runs the linear probe's section."""
     protocol = ctx.protocol or "finetune"
     if protocol not in PROTOCOLS:
         from backbones.registry import unknown_name_error
 
         raise unknown_name_error("in1k protocol", protocol, list(PROTOCOLS))
+    if protocol == "pixels":
+        return protocol, "linprobe", None
     if protocol != "partial":
         return protocol, protocol, None
     blocks = recipe.get("partial", {}).get("blocks")
