@@ -153,6 +153,7 @@ def _pyramid_norm(norm: str | None, pyramid: str, launcher: str) -> str:
 
 def _model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> dict[str, Any]:
     from backbones import mm
+    from backbones.registry import get_spec
 
     m, d, t = recipe["model"], recipe["data"], recipe["test"]
     scale_factors = tuple(float(s) for s in m.get("scale_factors") or mm.SCALE_FACTORS)
@@ -165,9 +166,13 @@ def _model_cfg(ctx: TaskContext, recipe: dict[str, Any], num_classes: int) -> di
     test_cfg = dict(mode="whole")
     if t["mode"] == "slide":
         test_cfg = dict(mode="slide", crop_size=tuple(t["crop"]), stride=tuple(t["stride"]))
+    window_pos = m.get("window_pos") or "interpolate"
+    # 'tile' repeats the pretrained grid in every window: the encoder keeps that grid as loaded (built at its
+    # pretraining size, not resampled to the crop's and back)
+    built = crop if window_pos != "tile" else (get_spec(ctx.backbone).img_size,) * 2
     backbone = mmcommon.backbone_cfg(
-        ctx, crop, m["pyramid"], m["drop_path_rate"], m["window_size"], m["global_blocks"], m["taps"], scale_factors,
-        rel_pos=m.get("rel_pos"), frozen=m.get("freeze_backbone", False),
+        ctx, built, m["pyramid"], m["drop_path_rate"], m["window_size"], m["global_blocks"], m["taps"], scale_factors,
+        rel_pos=m.get("rel_pos"), window_pos=window_pos, frozen=m.get("freeze_backbone", False),
     )
     backbone.update(pyramid_norm=_pyramid_norm(m["pyramid_norm"], m["pyramid"], ctx.launcher),
                     layer_scale=m["layer_scale"])

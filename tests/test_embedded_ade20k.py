@@ -48,6 +48,37 @@ def test_layout_and_annotations(small: Path) -> None:
     assert meta["classes"] == list(fm.CLASSES) and meta["seed"] == 0
 
 
+def test_garments_sit_in_the_pretraining_frame_of_their_slot(small: Path) -> None:
+    """Version 2's geometry: each labelled garment inside the 28 px frame 2 px into its own 32 px slot (the tiny
+    encoders' pretraining input), one to three slots filled, nothing labelled or bright outside those frames."""
+    margin = (ade20k.SLOT - ade20k.GARMENT) // 2
+    filled = []
+    for ann in sorted(small.glob("annotations/*/*.png")):
+        seg = cv2.imread(str(ann), cv2.IMREAD_UNCHANGED)
+        img = cv2.imread(str(ann).replace("annotations", "images").replace(".png", ".jpg"), cv2.IMREAD_GRAYSCALE)
+        frames = np.zeros(seg.shape, dtype=bool)
+        n = 0
+        for sy in range(0, ade20k.CANVAS, ade20k.SLOT):
+            for sx in range(0, ade20k.CANVAS, ade20k.SLOT):
+                slot = seg[sy : sy + ade20k.SLOT, sx : sx + ade20k.SLOT]
+                inner = slot[margin : margin + ade20k.GARMENT, margin : margin + ade20k.GARMENT]
+                assert inner.sum() == slot.sum()  # nothing labelled in the slot's 2 px margin
+                labels = set(np.unique(inner).tolist()) - {0}
+                assert len(labels) <= 1  # one garment per slot
+                if labels:
+                    n += 1
+                    frames[sy + margin : sy + margin + ade20k.GARMENT, sx + margin : sx + margin + ade20k.GARMENT] = 1
+        assert ade20k.GARMENTS[0] <= n <= ade20k.GARMENTS[1]
+        assert img[~frames].max() < 60  # only dim noise outside the garments' frames (JPEG ringing included)
+        filled.append(n)
+    assert len(set(filled)) > 1  # the number of garments varies
+
+
+def test_canvas_must_be_whole_slots(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ade20k.write(tmp_path, n_train=1, n_val=1, size=48)
+
+
 def test_deterministic_from_seed(small: Path, tmp_path: Path) -> None:
     again = ade20k.write(tmp_path / "a", seed=0, n_train=6, n_val=3)
     other = ade20k.write(tmp_path / "b", seed=1, n_train=6, n_val=3)
@@ -60,7 +91,7 @@ def test_ensure_writes_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.M
     root = ade20k.ensure()
     assert root.is_relative_to(tmp_path / "data" / "embedded") and root.name == "ADEChallengeData2016"
     assert len(list((root / "images" / "training").glob("*.jpg"))) == 200
-    assert len(list((root / "images" / "validation").glob("*.jpg"))) == 50
+    assert len(list((root / "images" / "validation").glob("*.jpg"))) == 200
     stamp = (root / "images" / "training" / "ADE_train_00000001.jpg").stat().st_mtime_ns
     assert ade20k.ensure() == root
     assert (root / "images" / "training" / "ADE_train_00000001.jpg").stat().st_mtime_ns == stamp  # reused

@@ -82,9 +82,14 @@ def test_short_and_tiny_recipes(tmp_path: Path) -> None:
     short = load_recipe("ade20k", "short")
     assert short["schedule"]["max_iters"] == 16000 and short["optim"]["lr"] == 1e-4
     tiny = load_recipe("ade20k", "tiny")
-    assert tiny["data"]["crop"] == [32, 32] and tiny["schedule"]["max_iters"] <= 300  # the tiny ViT at its size
+    # the whole canvas, one 8 x 8 token window per 32 px slot, the encoder kept at its 32 px pretraining grid
+    assert tiny["data"]["crop"] == [ade20k.CANVAS] * 2 and tiny["schedule"]["max_iters"] <= 300
+    assert tiny["data"]["ratio_range"] == [1.0, 1.0] and tiny["data"]["scale"][1] == ade20k.CANVAS
     ctx = TaskContext(backbone="mae_vit_tiny_patch4", work_dir=tmp_path)
     cfg = seg.build_config(ctx, tiny, tmp_path, ade20k.CLASSES)
+    backbone = cfg["model"]["backbone"]
+    assert backbone["window_size"] * 4 == ade20k.SLOT and backbone["window_pos"] == "tile"
+    assert backbone["img_size"] == (32, 32) and cfg["model"]["test_cfg"] == dict(mode="whole")
     assert cfg["model"]["decode_head"]["num_classes"] == 10
     assert cfg["train_dataloader"]["dataset"]["metainfo"]["classes"] == ade20k.CLASSES
 
