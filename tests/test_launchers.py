@@ -91,3 +91,18 @@ def test_log_backend_reaches_the_worker_env(monkeypatch) -> None:
     monkeypatch.setenv("HARNESS_LOG_BACKEND", "mlflow")
     with pytest.raises(ValueError, match="HARNESS_LOG_BACKEND"):
         vis_backends()
+
+
+def test_visible_gpus_without_a_driver_asks_torch_nothing(monkeypatch) -> None:
+    """No NVIDIA driver and no ROCm device: no GPU, and the runner does not ask torch (its import costs 1.6 s)."""
+    import torch
+
+    from harness.run import plan
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: (_ for _ in ()).throw(AssertionError("torch asked")))
+    monkeypatch.setattr(plan.Path, "is_dir", lambda self: False)
+    monkeypatch.setattr(plan.Path, "exists", lambda self: False)
+    assert plan.visible_gpus() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert plan.visible_gpus() == ["2", "3"]
