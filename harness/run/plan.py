@@ -133,7 +133,7 @@ def build_plan(opts: RunOptions) -> Plan:
     controls = control_runs(inp, records, opts)  # before any file is hashed: bad controls leave no cache behind
     runs = task_runs(inp, made, weights, records, sha_cache, opts)
     planned = {r.run_id for r in runs}
-    runs = by_seed(runs + [c for c in controls if c.run_id not in planned])
+    runs = by_seed(runs + [c for c in controls if c.run_id not in planned], inp.seeds)
     shares = [{}] if opts.launcher == "slurm" else machine_shares(
         jobs, opts.gpus if opts.launcher == "torchrun" else 1, opts.device)
     pretrains = [r for rs in made.values() for r in rs]
@@ -276,9 +276,11 @@ def control_runs(inp: Inputs, records: dict[str, Record], opts: RunOptions) -> l
     return out
 
 
-def by_seed(runs: list[Run]) -> list[Run]:
-    """Runs in seed order, each seed's in the order given: a whole table per seed first, its controls with it."""
-    return sorted(runs, key=lambda r: r.seed)
+def by_seed(runs: list[Run], seeds: list[int]) -> list[Run]:
+    """Runs in the order of `--seeds` (as given, not sorted), each seed's in the order given: a whole table per seed
+    first, its controls with it."""
+    order = {seed: i for i, seed in enumerate(seeds)}
+    return sorted(runs, key=lambda r: order.get(r.seed, len(order)))
 
 
 def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
