@@ -36,6 +36,8 @@ NO_SEPARATION = "this task does not separate these backbones at this budget"
 def parse_controls(value: str | list[str] | tuple[str, ...] | None, where: str) -> tuple[str, ...]:
     """`floor,pixels`, a list of them, or `none` -> the kinds; anything else raises naming `where`."""
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value or []) if str(v).strip()]
+    if isinstance(value, str) and not items:
+        raise ValueError(f"{where} is empty: give none or comma-separated {', '.join(CONTROLS)}")
     if items == ["none"]:
         return ()
     bad = [v for v in items if v not in CONTROLS]

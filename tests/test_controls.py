@@ -33,6 +33,10 @@ def test_parse_controls() -> None:
     assert controls.parse_controls("none", "--controls") == () == controls.parse_controls(None, "--controls")
     with pytest.raises(ValueError, match="--controls 'flor': allowed are none or comma-separated floor, pixels"):
         controls.parse_controls("flor", "--controls")
+    for empty in ("", " , "):
+        with pytest.raises(ValueError, match="--controls is empty"):
+            controls.parse_controls(empty, "--controls")
+    assert controls.parse_controls([], "preset x: controls") == ()  # a preset's empty list: no controls
 
 
 def test_one_floor_per_architecture_and_one_pixel_run() -> None:
