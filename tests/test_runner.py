@@ -466,3 +466,10 @@ def test_bad_controls_stop_before_any_work(tmp_path, monkeypatch, capsys) -> Non
     assert harness(monkeypatch, *base_args(tmp_path / "bad.yaml", out)) == DID_NOT_START
     assert "controls 'floor,noise'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_pretrain_flag_on_a_preset_that_makes_no_pretraining_stops(tmp_path, monkeypatch, capsys) -> None:
+    preset, out = write_suite(tmp_path), tmp_path / "out"  # no 'pretrain' section
+    assert harness(monkeypatch, *base_args(preset, out), "--pretrain") == DID_NOT_START
+    assert "--pretrain: preset preset makes no pretraining" in capsys.readouterr().err
+    assert not out.exists()

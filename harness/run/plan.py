@@ -127,6 +127,9 @@ def build_plan(opts: RunOptions) -> Plan:
     records = latest_records(out / "records")
     sweep = sweep_of(opts)
     retrain = opts.pretrain or sweep is not None or opts.pretrain_epochs is not None  # both mean a pretraining
+    if opts.pretrain and inp.preset.pretrain is None:
+        raise PlanError(f"--pretrain: preset {inp.preset.name} makes no pretraining (a preset with a 'pretrain' "
+                        "section, such as tiny, does)")
     made = pretrain_runs(inp, records, opts.force, opts.pretrain_epochs, sweep, retrain)
     weights = local_weights(inp, made)
     sha_cache = None if opts.dry_run else out / "work" / "sha256_cache.json"  # a dry run writes nothing
