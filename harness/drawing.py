@@ -108,6 +108,7 @@ class Drawer:
     def __init__(self, folder: Path, workers: int | None = None) -> None:
         self.folder, self.pool, self.closed = Path(folder), None, False
         self.pending: list[tuple[str, Any]] = []  # (digest, a future, a job to run here, or the files kept)
+        self.jobs: list[Job] = []  # as submitted, beside `pending`
         self.hashed: dict[int, tuple[Any, bytes]] = {}  # id -> (frame, its content hash): a frame given twice
         try:
             doc = json.loads((self.folder / MANIFEST).read_bytes())
@@ -149,7 +150,9 @@ class Drawer:
             return None
 
     def submit(self, jobs: list[Job]) -> None:
+        """Jobs to run; give the costliest first (the workers take them in order, `results` the last ones)."""
         for fn, args in jobs:
+            self.jobs.append((fn, args))
             key = digest(fn, args, self.hashed)
             kept = self._kept(key)
             if kept is not None:
@@ -159,12 +162,26 @@ class Drawer:
             else:
                 self.pending.append((key, (fn, args)))
 
+    def _steal(self) -> dict[int, list[Path]]:
+        """The jobs no worker has started, run here (the last first, while the workers take the first): the report's
+        process, done with its own work, draws rather than waits. By index in `pending`."""
+        done = {}
+        for i in range(len(self.pending) - 1, -1, -1):
+            key, job = self.pending[i]
+            if not isinstance(job, list | tuple) and job.cancel():  # only a job still waiting can be cancelled
+                fn, args = self.jobs[i]
+                done[i] = fn(*args)
+        return done
+
     def results(self) -> list[Path]:
         """Every job's files, in the order submitted; the manifest rewritten with these jobs only."""
         out, manifest = [], {}
         try:
-            for key, job in self.pending:
-                if isinstance(job, list):
+            stolen = self._steal()
+            for i, (key, job) in enumerate(self.pending):
+                if i in stolen:
+                    files = stolen[i]
+                elif isinstance(job, list):
                     files = job
                 elif isinstance(job, tuple):
                     files = job[0](*job[1])

@@ -291,7 +291,8 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     out.mkdir(parents=True, exist_ok=True)
     drawer = drawing.Drawer(out / "plots") if plots else None  # its workers also parse a first reading's records
     specs = report_specs(records)
-    recs = results.read_compact(records_dir(records), results.report_fields(specs), pool=drawer and drawer.executor)
+    recs = results.read_compact(records_dir(records), results.report_fields(specs),
+                                 meanwhile=drawer and drawer.executor)
     frame = flatten(recs, top1, specs)
     summary = summarize(frame)
     summary.attrs["in1k_top1"] = top1
@@ -304,18 +305,18 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
     parts = table_parts(summary, specs)
     titles = {stem: table_title(table, recipe, top1, specs, table in summary.attrs["embedded"])
               for stem, table, recipe, _, _ in parts}
-    shown = []
-    for name, table in tables(summary, specs).items():
+    labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
+    k_of = sweeps.split_ks(set(labels), specs)
+    recon = report_figures.submit(frame, recs, parts, titles, labels, out / "plots", specs, plot_format, drawer) \
+        if drawer else []  # drawn by the workers while the tables are written
+    shown, shown_tables = [], tables(summary, specs)
+    for name, table in shown_tables.items():
         title = titles[name]
         written += _write(table, out / name, formats, title)
         md = to_markdown(table) + controls.verdict_text(table)  # the verdicts under the table
         index.append(f"### {title}\n\n{md}")
         shown.append({"name": name, "title": title, "rows": table.to_dict("records"), "markdown": md,
                       "verdicts": table.attrs.get("verdicts", [])})
-    labels = {c: column_label(c, specs) for c in set(frame["column"].dropna())}
-    k_of = sweeps.split_ks(set(labels), specs)
-    recon = report_figures.submit(frame, recs, parts, titles, labels, out / "plots", specs, plot_format, drawer) \
-        if drawer else []
     for name, table in sweeps.sweep_tables(summary, labels, k_of).items():
         title = f"Sweep of pretrain.{name.removeprefix('sweep_')}: one row per value (its own pretraining)"
         written += _write(table, out / name, formats, title)
@@ -350,7 +351,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
                                                   if p.suffix == shown_as or p.stem.startswith("reconstruction")))
     (out / "README.md").write_text("\n".join(index) + "\n")
     written.append(out / "README.md")
-    written += report_html.write_page(out, frame=frame, tables=tables(summary, specs), parts=parts, titles=titles,
+    written += report_html.write_page(out, frame=frame, tables=shown_tables, parts=parts, titles=titles,
                                       reference=ref, records=page, files=written, notes=index, specs=specs)
     return written
 

@@ -2,9 +2,10 @@
 pretraining loss histories aggregated per setting (mean and spread over seeds at each logged step).
 
 A sweep leaves thousands of records of a few kilobytes each (resolved recipe, per-epoch history, provenance); the
-report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS` and the
-run's provenance for the HTML page (the blocks many runs share, once), so that the memory held grows with those
-values, not with the files; a records cache spares a repeated report the parsing. Histories are read only for the loss
+report needs a few dozen values from each. `read_compact` parses every file once and keeps only `FIELDS`, so that
+the memory held grows with those values, not with the files; a records cache spares a repeated report the parsing.
+The HTML page reads the whole record again only for the few hundred runs whose provenance it shows
+(`harness.report_html.runs`). Histories are read only for the loss
 figure and reduced at once to one curve per setting: the figure's cost grows with the settings, not with the seeds.
 """
 
@@ -22,7 +23,6 @@ from harness import store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from concurrent.futures import Executor
 
     import pandas as pd
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 FIELDS: dict[str, Any] = {
     "run_id": True, "attempt": True, "status": True, "kind": True, "task": True, "protocol": True, "seed": True,
     "metrics": True, "recipe_name": True, "overrides": True, "method": True, "error": True, "log": True,
-    "wall_time_s": True, "finished_at": True, "data_root": True,
+    "wall_time_s": True, "finished_at": True, "data_root": True, "data_fingerprint": True,
     "recipe": {"name": True, "epochs": True, "partial": {"blocks": True}},
     "backbone": {"name": True, "pretrain": True, "checkpoint": True,
                  "spec": {"family": True, "paper_name": True, "arch": True, "arch_kwargs": True,
@@ -74,13 +74,12 @@ def prune(node: Any, fields: dict[str, Any]) -> Any:
 
 
 def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache: bool = True,
-                 pool: Callable[[], Executor | None] | None = None) -> list[dict[str, Any]]:
-    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path` and
-    its provenance for the HTML page (`harness.report_html.runs.extract`: `_prov`, and `_shared`, kind -> (key,
-    content), the content one object for all the records that share it); unreadable files are reported and skipped,
-    as `store.read_records` does. With `cache`, all this is kept in `folder/CACHE` and a file whose name, size and
-    mtime are unchanged is not parsed again (`_Cache`). With `pool`, a function that gives a pool of forked processes
-    (`harness.drawing.Drawer.executor`), many files to parse are parsed in it and here, in chunks."""
+                 meanwhile: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+    """Every record in `folder` (all attempts) pruned to `fields` (default: `report_fields()`), each with `_path`;
+    unreadable files are reported and skipped, as `store.read_records` does. With `cache`, the pruned records are kept
+    in `folder/CACHE` and a file whose name, size and mtime are unchanged is not parsed again (`_Cache`). Many files
+    to parse are parsed by forked helpers and here (`_parse`); `meanwhile`, if given, is run here while the helpers
+    start (the report's figure workers: `harness.drawing.Drawer.executor`)."""
     fields = report_fields() if fields is None else fields
     folder = Path(folder)
     if not folder.is_dir():
@@ -90,83 +89,65 @@ def read_compact(folder: str | Path, fields: dict[str, Any] | None = None, cache
         entries = sorted((e for e in it if e.name.endswith(store.SUFFIX) and not e.name.startswith(".")),
                          key=lambda e: e.name)
     known = _Cache(folder / CACHE, fields) if cache else None
-    shared: dict[str, Any] = known.shared if known else {}
     hits = {e.name: known.get(e) for e in entries} if known else {}
     todo = [e for e in entries if hits.get(e.name) is None]
-    parsed, texts = _parse([e.path for e in todo], fields, shared, pool)
+    parsed, texts = _parse([e.path for e in todo], fields, meanwhile)
     for entry, hit in zip(todo, parsed, strict=True):
         hits[entry.name] = hit
         if known and hit is not None and entry.name not in texts:
             known.put(entry, hit)
     if known:
         known.put_text(texts)
-    out = []
-    for entry in entries:
-        if hits[entry.name] is None:
-            continue
-        rec, prov, keys = hits[entry.name]
-        out.append({**rec, "_path": entry.path, "_prov": prov,
-                    "_shared": {kind: (key, shared[f"{kind}-{key}"]) for kind, key in keys.items()}})
-    if known:
         known.save({e.name for e in entries})
-    return out
+    return [{**hits[e.name], "_path": e.path} for e in entries if hits[e.name] is not None]
 
 
-PARALLEL_FROM = 500  # files to parse from which a pool shares the work: below, forking costs more than it saves
+PARALLEL_FROM = 500  # files to parse from which helpers share the work: below, forking costs more than it saves
+CHUNK = 250  # files a process claims at a time
 
 
-def _parse(paths: list[str], fields: dict[str, Any], shared: dict[str, Any],
-           get_pool: Callable[[], Executor | None] | None) -> tuple[list[Any], dict[str, str]]:
-    """(`_read_pruned` of each path, in order; the cache's entries of the files the workers parsed, as JSON: a
-    fragment of an object per chunk, by the names it holds): in the pool and here, a chunk each, when there are many.
-    A worker sends its chunk as JSON, which the cache writes as it is: quicker than pickling it there, unpickling it
-    here and encoding it again for the cache."""
-    pool = get_pool() if get_pool is not None and len(paths) >= PARALLEL_FROM else None
-    workers = getattr(pool, "_max_workers", 0)
-    if pool is None or workers < 1:
-        return [_read_pruned(p, fields, shared) for p in paths], {}
-    size = -(-len(paths) // (workers + 1))
-    futures = [pool.submit(_read_chunk, paths[i:i + size], fields) for i in range(size, len(paths), size)]
-    out: list[Any] = [_read_pruned(p, fields, shared) for p in paths[:size]]  # this process's chunk, the first
+def _parse(paths: list[str], fields: dict[str, Any], meanwhile: Callable[[], Any] | None
+           ) -> tuple[list[Any], dict[str, str]]:
+    """(`_read_pruned` of each path, in order; the cache's entries of the files parsed in chunks, as JSON: a fragment
+    of an object per chunk, by the names it holds). Many files are parsed in chunks by forked helpers and here
+    (`harness.forkwork`), `meanwhile` run here first; a chunk comes back as JSON, which the cache writes as it is."""
+    from harness import forkwork
+
+    if len(paths) < PARALLEL_FROM:
+        return [_read_pruned(p, fields) for p in paths], {}
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    done = forkwork.run_chunks(lambda c: _read_chunk(c, fields), chunks, forkwork.helpers_for(), meanwhile)
+    out: list[Any] = []
     texts: dict[str, str] = {}
-    for i, future in zip(range(size, len(paths), size), futures, strict=True):
-        body, blocks, problems = future.result()
+    for chunk, (body, problems) in zip(chunks, done, strict=True):
         entries = json.loads("{" + body + "}")
-        for key, content in json.loads(blocks).items():
-            shared.setdefault(key, content)
         for message in problems:
             warnings.warn(message, stacklevel=4)
-        for path in paths[i:i + size]:
+        for path in chunk:
             entry = entries.get(os.path.basename(path))
-            out.append(None if entry is None else (entry[2], entry[3], entry[4]))
+            out.append(None if entry is None else entry[2])
         texts.update(dict.fromkeys(entries, body))
     return out, texts
 
 
-def _read_chunk(paths: list[str], fields: dict[str, Any]) -> tuple[str, str, list[str]]:
-    """In a worker: (the cache's entries of the files, `"name": [size, mtime, record, provenance, keys], ...`, the
-    shared blocks they hold, as JSON; the warnings they gave)."""
-    shared: dict[str, Any] = {}
+def _read_chunk(paths: list[str], fields: dict[str, Any]) -> tuple[str, list[str]]:
+    """(the cache's entries of the files, `"name": [size, mtime, record], ...`, as JSON; the warnings they gave)."""
     entries = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for path in paths:
-            hit = _read_pruned(path, fields, shared)
+            hit = _read_pruned(path, fields)
             try:
                 st = os.stat(path)
             except OSError:
                 continue
             if hit is not None:
-                entries[os.path.basename(path)] = [st.st_size, st.st_mtime_ns, *hit]
-    return json.dumps(entries)[1:-1], json.dumps(shared), [str(w.message) for w in caught]
+                entries[os.path.basename(path)] = [st.st_size, st.st_mtime_ns, hit]
+    return json.dumps(entries)[1:-1], [str(w.message) for w in caught]
 
 
-def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
-                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None:
-    """(the record pruned to `fields`, its provenance, kind -> key of its shared blocks), the blocks' content added
-    to `shared` (`kind-key` -> content) unless it is there already; None for a file that is not a record."""
-    from harness.report_html.runs import extract
-
+def _read_pruned(path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The record in `path` pruned to `fields`; None (with a warning) for a file that is not a record."""
     try:
         with open(path, "rb") as f:
             rec = json.loads(f.read())
@@ -176,36 +157,29 @@ def _read_pruned(path: str, fields: dict[str, Any], shared: dict[str, Any]
     if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
         warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=4)
         return None
-    prov, blocks = extract(rec)
-    for kind, (key, content) in blocks.items():
-        shared.setdefault(f"{kind}-{key}", content)  # one object per distinct block, however many records share it
-    return prune(rec, fields), prov, {kind: key for kind, (key, _) in blocks.items()}
+    return prune(rec, fields)
 
 
 CACHE = ".report-cache"  # a dot-file without the records' suffix: never read as a record
-CACHE_VERSION = 2  # 2: with each record's provenance and the blocks records share
+CACHE_VERSION = 3  # 3: the pruned records only (2 held each record's provenance too)
 
 
 class _Cache:
-    """Pruned records and their provenance by file name, valid while the file's size and mtime are those recorded
-    and the fields the same: a record is written once and never rewritten (`store.write_record`), so that a sweep's
-    report parses each file once. The provenance's shared blocks are kept once, by key. A missing, unreadable or
-    other-fields cache is rebuilt without a word; it is written to a temporary file and renamed, and a folder that
-    cannot be written is simply not cached."""
+    """Pruned records by file name, valid while the file's size and mtime are those recorded and the fields the same:
+    a record is written once and never rewritten (`store.write_record`), so that a sweep's report parses each file
+    once. A missing, unreadable or other-fields cache is rebuilt without a word; it is written to a temporary file and
+    renamed, and a folder that cannot be written is simply not cached."""
 
     def __init__(self, path: Path, fields: dict[str, Any]) -> None:
-        from harness.report_html.runs import KEEP
-
         self.path, self.changed = path, False
-        self.key = json.dumps({"fields": fields, "provenance": KEEP}, sort_keys=True)
+        self.key = json.dumps(fields, sort_keys=True)
         self.entries: dict[str, list[Any]] = {}
         self.texts: dict[str, str] = {}  # name -> a JSON fragment holding its entry (`put_text`)
-        self.shared: dict[str, Any] = {}
         try:
             doc = json.loads(path.read_bytes())
             if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION and doc.get("fields") == self.key \
-                    and isinstance(doc.get("entries"), dict) and isinstance(doc.get("shared"), dict):
-                self.entries, self.shared = doc["entries"], doc["shared"]
+                    and isinstance(doc.get("entries"), dict):
+                self.entries = doc["entries"]
         except (OSError, ValueError):
             pass
 
@@ -214,19 +188,18 @@ class _Cache:
         st = entry.stat()
         return [st.st_size, st.st_mtime_ns]
 
-    def get(self, entry: os.DirEntry) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | None:
+    def get(self, entry: os.DirEntry) -> dict[str, Any] | None:
         hit = self.entries.get(entry.name)
         try:
-            valid = isinstance(hit, list) and len(hit) == 5 and all(isinstance(h, dict) for h in hit[2:])
-            valid = valid and all(f"{k}-{v}" in self.shared for k, v in hit[4].items())
+            valid = isinstance(hit, list) and len(hit) == 3 and isinstance(hit[2], dict)
             valid = valid and hit[:2] == self._stamp(entry)
         except (OSError, TypeError):
             return None
-        return (hit[2], hit[3], hit[4]) if valid else None
+        return hit[2] if valid else None
 
-    def put(self, entry: os.DirEntry, hit: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
+    def put(self, entry: os.DirEntry, hit: dict[str, Any]) -> None:
         try:
-            self.entries[entry.name] = [*self._stamp(entry), *hit]
+            self.entries[entry.name] = [*self._stamp(entry), hit]
             self.changed = True
         except OSError:
             pass
@@ -248,12 +221,7 @@ class _Cache:
         try:
             parts = [json.dumps(self.entries)[1:-1], *dict.fromkeys(self.texts.values())]
             entries = "{" + ", ".join(p for p in parts if p) + "}"
-            # what the entries refer to: those here, and the fragments' (the blocks they name are all in `shared`)
-            used = {f"{k}-{v}" for hit in self.entries.values() for k, v in hit[4].items()} if not self.texts \
-                else set(self.shared)
-            shared = json.dumps({k: v for k, v in self.shared.items() if k in used})
-            tmp.write_text(f'{{"version": {CACHE_VERSION}, "fields": {json.dumps(self.key)}, "entries": {entries}, '
-                           f'"shared": {shared}}}')
+            tmp.write_text(f'{{"version": {CACHE_VERSION}, "fields": {json.dumps(self.key)}, "entries": {entries}}}')
             os.replace(tmp, self.path)
         except (OSError, TypeError, ValueError):  # read-only folder, or a value JSON cannot hold
             tmp.unlink(missing_ok=True)
@@ -265,8 +233,11 @@ def recipe_label(rec: dict[str, Any], split: frozenset[str] | None = None) -> st
     `tiny`, `tiny [model.pyramid=taps]`."""
     name = str(rec.get("recipe_name") or (rec.get("recipe") or {}).get("name") or "")
     name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    overrides = rec.get("overrides")
+    if not overrides:
+        return name
     split = split_overrides() if split is None else split
-    overrides = {k: v for k, v in (rec.get("overrides") or {}).items() if k not in split}
+    overrides = {k: v for k, v in overrides.items() if k not in split}
     if overrides:
         name += " [" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) + "]"
     return name

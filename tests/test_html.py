@@ -193,21 +193,33 @@ def test_each_runs_provenance_is_one_click_away(report: Path) -> None:
 
 
 
-def test_provenance_is_taken_in_the_one_reading_and_cached(report: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The provenance the records cache holds is what the whole records give, and a second report parses nothing."""
+def test_the_page_shows_a_bounded_number_of_runs_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many runs a sweep leaves, each group shows at most `LIMIT` in full: its failed runs first, then the
+    newest, and says how many there are; the provenance shown is read from the whole records, and only theirs."""
     from harness import results
     from harness.report_html import runs
 
-    folder = report.parent / "records"
-    bare = [{k: v for k, v in r.items() if k not in ("_prov", "_shared")}
-            for r in results.read_compact(folder, cache=False)]
-    whole = runs.read(bare)  # from each whole record, read again
-    monkeypatch.setattr(results, "_read_pruned", lambda *a: pytest.fail(f"parsed again: {a[0]}"))
-    cached = runs.read(results.read_compact(folder))
-    assert cached == whole and len(cached.runs) == len(store.latest(bare)) > 10
-    assert set(cached.shared) == {"recipe", "spec", "env"} and len(cached.shared["env"]) == 1
-    recs = results.read_compact(folder)
-    assert len({id(r["_shared"]["env"][1]) for r in recs}) == 1  # one object for what every record shares
+    folder = tmp_path / "records"
+    for seed in range(7):  # seed 6 finishes last
+        run = rec("mae_t", "mae", "in1k", "finetune", seed, {"top1": 80.0 + seed})
+        store.write_record(folder, {**_provenance(seed), **run, "finished_at": f"2026-01-0{seed + 1}"})
+    failed = rec("mae_t", "mae", "in1k", "linprobe", 0, {}, status="failed", error="boom", run_id="old-failure")
+    store.write_record(folder, {**_provenance(9), **failed, "finished_at": "2025-01-01"})
+    compact = results.read_compact(folder)
+    assert all("versions" not in r and "git" not in r and "_prov" not in r for r in compact)  # tables' fields only
+    read: list[str] = []
+    whole = runs._whole
+    monkeypatch.setattr(runs, "_whole", lambda r: read.append(r["run_id"]) or whole(r))
+    prov = runs.read(compact, limit=3)
+    shown = [r["run_id"] for r in prov.full]
+    assert shown == ["old-failure", "mae_t-in1k-finetune-6-tiny", "mae_t-in1k-finetune-5-tiny"] and read == shown
+    assert len(prov.runs) == prov.groups["in1k"] == 8 and prov.failed["in1k"] == 1
+    assert prov.full[1]["git"]["commit"] == COMMIT and prov.full[1]["metrics"] == {"top1": 86.0}
+    html = runs.section(prov, {"in1k": 0})
+    assert "in1k: 8 runs, 1 failed" in html and "Shown here: 3 of 8 runs" in html
+    assert html.count("<details id=\"run-") == 3 and "used by the runs shown: in1k / finetune (2)" in html
+    assert "Shown here" not in runs.section(runs.read(compact), {})  # all 8 fit under the default limit
+
 
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import statistics
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -155,14 +157,13 @@ def test_the_records_cache_is_used_kept_current_and_rebuilt(tmp_path: Path, monk
     assert [r["run_id"] for r in results.read_compact(folder)] == left
     assert len(parsed) == 2 and json.loads((folder / results.CACHE).read_text())["version"] == results.CACHE_VERSION
     fewer = results.read_compact(folder, {"run_id": True, "status": True})  # other fields: not the cached records
-    assert all(set(r) == {"run_id", "status", "_path", "_prov", "_shared"} for r in fewer)
+    assert all(set(r) == {"run_id", "status", "_path"} for r in fewer)
 
 
-def test_a_pool_parses_the_same_records_in_the_same_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parsed in chunks by forked workers and here: the same compact records and provenance as parsed here alone,
-    the shared blocks one object each, and an unreadable file's warning given here."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def test_helpers_parse_the_same_records_in_the_same_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed in chunks by forked helpers and here: the same compact records as parsed here alone, `meanwhile` run
+    here, an unreadable file's warning given here, and the helpers' entries cached as they sent them."""
+    from harness import forkwork
 
     folder = tmp_path / "records"
     for seed in range(7):
@@ -171,12 +172,34 @@ def test_a_pool_parses_the_same_records_in_the_same_order(tmp_path: Path, monkey
     with pytest.warns(UserWarning, match="broken.json"):
         alone = results.read_compact(folder, cache=False)
     monkeypatch.setattr(results, "PARALLEL_FROM", 2)
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool, \
-            pytest.warns(UserWarning, match="broken.json"):
-        pooled = results.read_compact(folder, cache=False, pool=lambda: pool)
-        cached = results.read_compact(folder, pool=lambda: pool)  # the workers' entries kept as they sent them
-    assert pooled == alone == cached and len(pooled) == 7
-    assert len({id(r["_shared"]["spec"][1]) for r in pooled}) == 1
+    monkeypatch.setattr(results, "CHUNK", 2)
+    monkeypatch.setattr(forkwork, "helpers_for", lambda: 2)
+    ran: list[int] = []
+    with pytest.warns(UserWarning, match="broken.json"):
+        shared = results.read_compact(folder, cache=False, meanwhile=lambda: ran.append(os.getpid()))
+        cached = results.read_compact(folder)  # the helpers' entries kept as they sent them
+    assert shared == alone == cached and len(shared) == 7 and ran == [os.getpid()]
     monkeypatch.setattr(results, "_read_pruned", lambda path, *a: pytest.fail(f"parsed again: {path}"))
     (folder / "broken.json").unlink()
     assert results.read_compact(folder) == alone  # every record from the cache
+
+
+def test_forked_helpers_share_chunks_and_a_dead_one_loses_nothing() -> None:
+    """Every chunk's result comes back in order, some done by helpers; a helper that dies (here: a chunk whose work
+    kills the process that does it, unless it is the parent) leaves its chunks to this process."""
+    from harness import forkwork
+
+    parent = os.getpid()
+
+    def work(c: list[int]) -> list[int]:
+        if c == [6, 7] and os.getpid() != parent:
+            os._exit(3)
+        time.sleep(0.01)
+        return [*c, os.getpid()]
+
+    chunks = [[2 * i, 2 * i + 1] for i in range(8)]
+    done = forkwork.run_chunks(work, chunks, helpers=2)
+    assert [d[:2] for d in done] == chunks
+    assert done[3][2] == parent and len({d[2] for d in done}) >= 2  # the dead helper's chunk, redone here
+    assert forkwork.run_chunks(work, chunks, helpers=0) == [[*c, parent] for c in chunks]
+    assert forkwork.helpers_for(1) == 0 and forkwork.helpers_for(2) == 1 and forkwork.helpers_for(64) == 3

@@ -2,10 +2,12 @@
 each result: what ran (recipe, backbone spec and checkpoint hash, seed, data), where and with what (versions, git
 commit, hardware), how long, its log, and how it failed.
 
-The report's own reading (`harness.results.read_compact`) parses each record once and takes its provenance then
-(`extract`: the fields in `KEEP`), keeping it in the records cache beside what the tables need. The resolved recipe,
-the backbone spec and the environment (versions, git, hardware) repeat across a sweep's runs; each distinct one is
-kept and shown once and the runs link to it, so that the page grows by a few hundred bytes a run.
+The page shows in full at most `LIMIT` runs of each group (pretrainings, then each task): its failed runs first, then
+its newest; a line says how many more there are, which `runs.csv` and `results.json` list. Those runs' records are
+read again, whole (the report's own reading, `harness.results.read_compact`, keeps only what the tables need), so
+that the page's cost grows with the runs it shows, not with a sweep's thousands. The resolved recipe, the backbone
+spec and the environment (versions, git, hardware) repeat across runs; each distinct one is shown once and the runs
+link to it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ KEEP = ("run_id", "status", "kind", "task", "protocol", "recipe_name", "recipe_v
 SHARED = {"recipe": "Resolved recipes", "spec": "Backbone specs", "env": "Environments"}
 
 
+LIMIT = 100  # runs shown in full per group
+
+
 @dataclass
 class Provenance:
-    runs: list[dict[str, Any]] = field(default_factory=list)  # the newest record of each run, pruned
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the newest compact record of every run
+    full: list[dict[str, Any]] = field(default_factory=list)  # the provenance (`extract`) of the runs shown in full
+    groups: Counter[str] = field(default_factory=Counter)  # group -> its runs, shown or not
+    failed: Counter[str] = field(default_factory=Counter)  # group -> its failed runs, shown or not
     shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> {key: content}
-    users: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, key, task) -> runs
+    users: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, key, task) -> runs shown
     attempts: Counter[str] = field(default_factory=Counter)  # run id -> records of it
     html: str = ""  # the page's section of the runs (`section`), once made
-
-    def by_id(self) -> dict[str, dict[str, Any]]:
-        return {r["run_id"]: r for r in self.runs}
 
 
 def _key(content: Any) -> str:
@@ -58,8 +63,7 @@ def _whole(rec: dict[str, Any]) -> dict[str, Any]:
 
 def extract(rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, Any]]]:
     """A whole record's provenance: the run's own fields (`KEEP`, the backbone's name, checkpoint, hash and
-    pretraining, its git state, and the key of each shared block) and the shared blocks, kind -> (key, content).
-    `harness.results.read_compact` calls it on each record as it parses it, so that no record is read twice."""
+    pretraining, its git state, and the key of each shared block) and the shared blocks, kind -> (key, content)."""
     run = {k: rec.get(k) for k in KEEP}
     backbone = rec.get("backbone") or {}
     run["backbone"] = {k: backbone.get(k) for k in ("name", "checkpoint", "sha256", "pretrain")}
@@ -73,19 +77,35 @@ def extract(rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, A
     return run, blocks
 
 
-def read(records: list[dict[str, Any]]) -> Provenance:
-    """The provenance of the newest record of each run id in `records` (the report's compact records: each carries
-    what `extract` took from it as `_prov` and `_shared`; one without is read again, whole)."""
+def group_of(run: dict[str, Any]) -> str:
+    return "pretraining" if run.get("kind") == "pretrain" else str(run.get("task"))
+
+
+def _shown(runs: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The failed runs first, then the others, each newest first; `limit` of them."""
+    newest = sorted(runs, key=lambda r: (str(r.get("finished_at") or ""), str(r["run_id"])), reverse=True)
+    return sorted(newest, key=lambda r: r.get("status") != "failed")[:limit]
+
+
+def read(records: list[dict[str, Any]], limit: int = LIMIT) -> Provenance:
+    """The newest record of each run id in `records` (the report's compact records, or whole ones), and the
+    provenance of the runs shown in full: in each group, the failed ones first, then the newest, `limit` in all."""
     from harness import store
 
     out = Provenance(attempts=Counter(r["run_id"] for r in records))
-    for compact in store.latest(records).values():
-        run, blocks = (compact["_prov"], compact["_shared"]) if "_prov" in compact else extract(_whole(compact))
-        run = dict(run)
-        for kind, (key, content) in blocks.items():
-            out.shared.setdefault(kind, {}).setdefault(key, content)
-            out.users[kind, key, " / ".join(str(x) for x in (run["task"], run["protocol"]) if x)] += 1
-        out.runs.append(run)
+    out.runs = list(store.latest(records).values())
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for run in out.runs:
+        by_group.setdefault(group_of(run), []).append(run)
+    for group, members in by_group.items():
+        out.groups[group] = len(members)
+        out.failed[group] = sum(1 for r in members if r.get("status") == "failed")
+        for compact in _shown(members, limit):
+            run, blocks = extract(_whole(compact))
+            for kind, (key, content) in blocks.items():
+                out.shared.setdefault(kind, {}).setdefault(key, content)
+                out.users[kind, key, " / ".join(str(x) for x in (run["task"], run["protocol"]) if x)] += 1
+            out.full.append(run)
     return out
 
 
@@ -161,17 +181,20 @@ def _order(run: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def section(prov: Provenance, order: dict[str, int]) -> str:
-    """Every run, grouped by task (pretrainings first, then in `order`), failed ones first in each group; then the
-    distinct resolved recipes, backbone specs and environments the runs link to."""
+    """The runs shown in full, grouped by task (pretrainings first, then in `order`), failed ones first in each
+    group, with how many more the group has; then the distinct resolved recipes, backbone specs and environments the
+    runs link to."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for run in prov.runs:
-        group = "pretraining" if run.get("kind") == "pretrain" else str(run.get("task"))
-        groups.setdefault(group, []).append(run)
+    for run in prov.full:
+        groups.setdefault(group_of(run), []).append(run)
     parts = []
     for group in sorted(groups, key=lambda g: (g != "pretraining", order.get(g, 10**6), g)):
         runs = sorted(groups[group], key=_order)
-        failed = sum(1 for r in runs if r.get("status") == "failed")
-        parts.append(f"<h3>{esc(group)}: {len(runs)} runs" + (f", {failed} failed" if failed else "") + "</h3>")
+        total, failed = prov.groups[group], prov.failed[group]
+        parts.append(f"<h3>{esc(group)}: {total} runs" + (f", {failed} failed" if failed else "") + "</h3>")
+        if total > len(runs):
+            parts.append(f'<p class="note">Shown here: {len(runs)} of {total} runs, the failed ones first, then the '
+                         f"newest. Every run is in runs.csv and results.json.</p>")
         parts += [details(_headline(r), _body(r, prov.attempts[r["run_id"]]), f"run-{r['run_id']}") for r in runs]
     for kind, title in SHARED.items():
         blocks = prov.shared.get(kind) or {}
@@ -197,4 +220,5 @@ def _shared_name(kind: str, content: dict[str, Any], key: str) -> str:
 
 def _used_by(prov: Provenance, kind: str, key: str) -> str:
     uses = sorted((task, n) for (k, c, task), n in prov.users.items() if (k, c) == (kind, key))
-    return esc(" · used by " + ", ".join(f"{task} ({n})" for task, n in uses)) if uses else ""
+    shown = " the runs shown:" if len(prov.full) < len(prov.runs) else ""
+    return esc(f" · used by{shown} " + ", ".join(f"{task} ({n})" for task, n in uses)) if uses else ""
