@@ -200,9 +200,10 @@ def section(prov: Provenance, order: dict[str, int]) -> str:
         blocks = prov.shared.get(kind) or {}
         if blocks:
             parts.append(f"<h3>{esc(title)}</h3>")
-            parts += [details(_shared_name(kind, content, key) + _used_by(prov, kind, key),
-                              f"<pre>{esc(json.dumps(content, indent=1))}</pre>", f"{kind}-{key}")
-                      for key, content in blocks.items()]
+            names = {key: _shared_name(kind, content, key) for key, content in blocks.items()}
+            parts += [details(names[key] + _used_by(prov, kind, key),
+                              f"<pre>{esc(json.dumps(blocks[key], indent=1))}</pre>", f"{kind}-{key}")
+                      for key in sorted(blocks, key=lambda k: (names[k], k))]  # by name: the same in every report
     return "".join(parts)
 
 
