@@ -184,10 +184,13 @@ def test_helpers_parse_the_same_records_in_the_same_order(tmp_path: Path, monkey
     assert results.read_compact(folder) == alone  # every record from the cache
 
 
-def test_forked_helpers_share_chunks_and_a_dead_one_loses_nothing() -> None:
+def test_forked_helpers_share_chunks_and_a_dead_one_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every chunk's result comes back in order, some done by helpers; a helper that dies (here: a chunk whose work
-    kills the process that does it, unless it is the parent) leaves its chunks to this process."""
+    kills the process that does it, unless it is the parent) leaves its chunks to this process. With other threads
+    running, nothing is forked."""
     from harness import forkwork
+
+    monkeypatch.setattr(forkwork.threading, "active_count", lambda: 1)  # other tests may leave a thread behind
 
     parent = os.getpid()
 
@@ -202,4 +205,6 @@ def test_forked_helpers_share_chunks_and_a_dead_one_loses_nothing() -> None:
     assert [d[:2] for d in done] == chunks
     assert done[3][2] == parent and len({d[2] for d in done}) >= 2  # the dead helper's chunk, redone here
     assert forkwork.run_chunks(work, chunks, helpers=0) == [[*c, parent] for c in chunks]
+    monkeypatch.setattr(forkwork.threading, "active_count", lambda: 2)
+    assert forkwork.run_chunks(work, chunks, helpers=2) == [[*c, parent] for c in chunks]
     assert forkwork.helpers_for(1) == 0 and forkwork.helpers_for(2) == 1 and forkwork.helpers_for(64) == 3
