@@ -8,6 +8,7 @@ written; `Record.from_dict` reads older records too (a key they lack takes its d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import typing
@@ -115,6 +116,51 @@ class Record:
 
 _SIMPLE = {"str": str, "int": int, "bool": bool, "float": (int, float), "dict": dict, "list": list}
 
+# Mappings inside a record that readers walk with `.get`: (path, may be null)
+_NESTED = (("backbone.spec", True), ("backbone.pretrain", True), ("backbone.pretrain.sweep", True),
+           ("recipe.partial", True), ("extra", True))
+
+
+def record_problem(raw: dict[str, Any]) -> str | None:
+    """What makes `raw` (a record as read back, whole or pruned) unfit to read: the first of its fields whose value
+    is not of `Record`'s declared type, or a mapping inside it that is not one; None when it is fit."""
+    hints, types = _record_types()
+    for name, value in raw.items():
+        accepted = types.get(name)
+        if accepted is not None and not (value is None and accepted[1]) and \
+                (not isinstance(value, accepted[0]) or (isinstance(value, bool) and bool not in accepted[0])):
+            return f"{name} is {_short(value)}, not {_type_name(hints[name])}"
+    for path, nullable in _NESTED:
+        node: Any = raw
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not (isinstance(node, dict) or (node is None and nullable)):
+            return f"{path} is {_short(node)}, not a mapping"
+    return None
+
+
+@functools.cache
+def _record_types() -> tuple[dict[str, Any], dict[str, tuple[tuple[type, ...], bool]]]:
+    """`Record`'s type hints, and for each field but `Any` ones: (the types it accepts, whether it may be null)."""
+    hints = typing.get_type_hints(Record)
+    types = {}
+    for name, hint in hints.items():
+        if hint is Any:
+            continue
+        options = typing.get_args(hint) if isinstance(hint, type(int | None)) else (hint,)
+        accepted: list[type] = []
+        for option in options:
+            if option is not type(None):
+                simple = _SIMPLE[(typing.get_origin(option) or option).__name__]
+                accepted += simple if isinstance(simple, tuple) else [simple]
+        types[name] = (tuple(accepted), type(None) in options)
+    return hints, types
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
 
 def _checked(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """`raw` if it has every required field of `cls`, no unknown key and values of the declared types."""
@@ -148,7 +194,7 @@ def _is_a(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def json_number(v: Any) -> Any:

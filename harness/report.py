@@ -363,12 +363,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    import warnings
+
     try:
-        written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1,
-                               plot_format=args.plot_format)
+        with warnings.catch_warnings(record=True) as caught:  # skipped records: one line each, naming the file
+            warnings.simplefilter("always")
+            written = write_report(source, out, formats=formats, plots=not args.no_plots, top1=args.in1k_top1,
+                                   plot_format=args.plot_format)
     except (ValueError, OSError) as e:
         print(f"harness report: {e}", file=sys.stderr)
         return 2
+    for w in caught:
+        print(f"harness report: {w.message}", file=sys.stderr)
     print(f"wrote {len(written)} files to {out}")
     print((out / "README.md").read_text())
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import store
+from harness.records import record_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -157,7 +158,12 @@ def _read_pruned(path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(rec, dict) or any(k not in rec for k in store.REQUIRED):
         warnings.warn(f"skipping {path}: not a result record (needs {', '.join(store.REQUIRED)})", stacklevel=4)
         return None
-    return prune(rec, fields)
+    pruned = prune(rec, fields)
+    problem = record_problem(pruned)
+    if problem is not None:
+        warnings.warn(f"skipping {path}: {problem}", stacklevel=4)
+        return None
+    return pruned
 
 
 CACHE = ".report-cache"  # a dot-file without the records' suffix: never read as a record

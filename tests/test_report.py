@@ -183,6 +183,28 @@ def test_report_command(records: Path, tmp_path: Path, monkeypatch, capsys) -> N
     assert main(["report", "--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 1
 
 
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("backbone", "abc", "backbone is 'abc'"), ("metrics", [1], "metrics is [1]"), ("seed", {"a": 1}, "seed is"),
+    ("overrides", [1, 2], "overrides is [1, 2]"), ("finished_at", 5, "finished_at is 5"), ("extra", "s", "extra is"),
+    ("backbone", {"name": "x", "spec": 3}, "backbone.spec is 3, not a mapping"),
+    ("backbone", {"name": "x", "pretrain": {"sweep": []}}, "backbone.pretrain.sweep is [], not a mapping"),
+])
+def test_a_record_of_another_shape_is_skipped_naming_its_file_and_key(tmp_path: Path, monkeypatch, capsys,
+                                                                     key: str, value, said: str) -> None:
+    """A hand-edited or foreign record whose fields are not of the record's types costs its row, with one line
+    naming the file and the key, never a traceback; the other records are reported as before."""
+    from harness.cli import main
+
+    folder = tmp_path / "records"
+    store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", 0, {"top1": 80.0}))
+    bad = store.write_record(folder, {**rec("sup_t", "supervised", "in1k", "finetune", 0, {"top1": 70.0}), key: value})
+    monkeypatch.setattr(sys, "argv", ["harness"])
+    assert main(["report", "--runs", str(tmp_path), "--out", str(tmp_path / "res"), "--format", "md"]) == 0
+    out, err = capsys.readouterr()
+    assert f"harness report: skipping {bad}: {said}" in err and "Traceback" not in err
+    assert "1 runs in" in out and "80.0" in out and "70.0" not in out
+
+
 def test_partial_fine_tuning_is_split_by_k(tmp_path: Path) -> None:
     """Partial fine-tuning with K=1 and K=2 are two settings, never averaged together as if they were seeds."""
     folder = tmp_path / "records"

@@ -65,16 +65,23 @@ def extract(rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, A
     """A whole record's provenance: the run's own fields (`KEEP`, the backbone's name, checkpoint, hash and
     pretraining, its git state, and the key of each shared block) and the shared blocks, kind -> (key, content)."""
     run = {k: rec.get(k) for k in KEEP}
-    backbone = rec.get("backbone") or {}
-    run["backbone"] = {k: backbone.get(k) for k in ("name", "checkpoint", "sha256", "pretrain")}
-    env = {k: rec.get(k) or {} for k in ("versions", "git", "hardware")}
+    backbone = _mapping(rec.get("backbone"))
+    run["backbone"] = {k: backbone.get(k) for k in ("name", "checkpoint", "sha256")}
+    run["backbone"]["pretrain"] = _mapping(backbone.get("pretrain"))
+    env = {k: _mapping(rec.get(k)) for k in ("versions", "git", "hardware")}
     blocks = {}
-    for kind, content in (("recipe", rec.get("recipe")), ("spec", backbone.get("spec")), ("env", env)):
+    for kind, content in (("recipe", _mapping(rec.get("recipe"))), ("spec", _mapping(backbone.get("spec"))),
+                          ("env", env)):
         if content:
             run[f"{kind}_key"] = _key(content)
             blocks[kind] = (run[f"{kind}_key"], content)
     run["git"] = env["git"]
     return run, blocks
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """`value` if it is a mapping, else an empty one: what the page shows of a field a record holds in another shape."""
+    return value if isinstance(value, dict) else {}
 
 
 def group_of(run: dict[str, Any]) -> str:
