@@ -87,11 +87,12 @@ def test_plots_import_nothing_of_the_harness() -> None:
 def test_compact_reading_gives_the_same_rows(tmp_path: Path) -> None:
     folder = tmp_path / "records"
     for seed, v in enumerate((80.0, 82.0)):
-        store.write_record(folder, rec("mae_t", "mae", "in1k", "finetune", seed, {"top1": v}, epochs=400,
-                                       extra={"history": [{"epoch": 1, "loss": 1.0}]},
-                                       recipe={"name": "tiny", "partial": {"blocks": 2}, "finetune": {"blr": 1.0}}))
-    store.write_record(folder, rec("mae_t", "mae", "in1k", "partial", 0, {"top1": 60.0}, overrides={"a.b": 1},
-                                   recipe={"partial": {"blocks": 2}}))
+        run = rec("mae_t", "mae", "in1k", "finetune", seed, {"top1": v}, epochs=400,
+                  extra={"history": [{"epoch": 1, "loss": 1.0}]})
+        run["recipe"] = {"name": "tiny", "partial": {"blocks": 2}, "finetune": {"blr": 1.0}}  # the resolved recipe
+        store.write_record(folder, run)
+    run = rec("mae_t", "mae", "in1k", "partial", 0, {"top1": 60.0}, overrides={"a.b": 1})
+    store.write_record(folder, {**run, "recipe": {"partial": {"blocks": 2}}})
     store.write_record(folder, rec("mae_t", "mae", "coco", None, 0, {}, status="failed", error="boom"))
     (folder / "broken.json").write_text("{")
     (folder / ".tmp-x.json").write_text("{")  # a record being written
