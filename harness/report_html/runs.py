@@ -27,7 +27,7 @@ KEEP = ("run_id", "status", "kind", "task", "protocol", "recipe_name", "recipe_v
 SHARED = {"recipe": "Resolved recipes", "spec": "Backbone specs", "env": "Environments"}
 
 
-LIMIT = 100  # runs shown in full per group
+LIMIT = 50  # runs shown in full per group
 
 
 @dataclass
