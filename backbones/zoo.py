@@ -44,9 +44,9 @@ TINY = {
 # compute budget, the sanity figure. Every load checks the file against this sha256.
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 TINY_SHA256 = {
-    "mae_vit_tiny_patch4": "5f236d8e7497e140e9cf8a24896d03c2032fac9debecb8b29b814b7ecfd240f6",
-    "supervised_vit_tiny_patch4": "2860689dc13a89d5b742d85cd269fd27cac172ebcb8bb5b2528c7cb8193cdb1e",
-    "mocov3_vit_tiny_patch4": "ec4c4846726e6aa7d4539201f524b880c04f6a8bf836eaff94f068ced1e3066f",
+    "mae_vit_tiny_patch4": "f9412ca7a1408443a727269af91f348c5c378be6f813a9a018a5f0d0071976a4",
+    "supervised_vit_tiny_patch4": "667d715fb305666ec9ad9502e6cca7ddf5ef1c743699ccdb52ffe5592bafd61e",
+    "mocov3_vit_tiny_patch4": "e15a816c034d03279cb2affc73d27bfd824aaecfe5a04954e5db948eca64535c",
 }
 
 
