@@ -2,9 +2,10 @@
 
 A figure is drawn in Python by matplotlib, one CPU each; at 10,000 records the report's six figures cost about as much
 as everything else it does. `Drawer` starts its worker processes (forked, with pandas and matplotlib loaded) when the
-report first needs them: to parse a first reading's many records (`harness.results.read_compact`), while the process
-is still small, or to draw; they draw while the report writes its tables and the page's provenance.
-Where there is one CPU, or no `fork`, the jobs run in the report's process when their results are asked for.
+report first needs them: while helpers parse a first reading's many records (`harness.results.read_compact` runs
+`executor` meanwhile), or to draw; they draw while the report writes its tables and the page, and the report draws
+any job none of them has started when it is done with the rest. Where there is one CPU, or no `fork`, the jobs run in
+the report's process when their results are asked for.
 
 Each figure job is named by a digest of its inputs (the function, its arguments, frames hashed by content, and the
 code of `harness.plots`); `plots/.figures.json` keeps the digest with the files the job wrote (size and mtime), and a
@@ -107,8 +108,8 @@ class Drawer:
 
     def __init__(self, folder: Path, workers: int | None = None) -> None:
         self.folder, self.pool, self.closed = Path(folder), None, False
-        self.pending: list[tuple[str, Any]] = []  # (digest, a future, a job to run here, or the files kept)
-        self.jobs: list[Job] = []  # as submitted, beside `pending`
+        # (digest, a future, a job to run here, or the files kept; the job as submitted)
+        self.pending: list[tuple[str, Any, Job]] = []
         self.hashed: dict[int, tuple[Any, bytes]] = {}  # id -> (frame, its content hash): a frame given twice
         try:
             doc = json.loads((self.folder / MANIFEST).read_bytes())
@@ -150,26 +151,24 @@ class Drawer:
             return None
 
     def submit(self, jobs: list[Job]) -> None:
-        """Jobs to run; give the costliest first (the workers take them in order, `results` the last ones)."""
+        """Jobs to run: the workers take them in order, `results` the last ones no worker has started."""
         for fn, args in jobs:
-            self.jobs.append((fn, args))
             key = digest(fn, args, self.hashed)
             kept = self._kept(key)
             if kept is not None:
-                self.pending.append((key, kept))
+                self.pending.append((key, kept, (fn, args)))
             elif self.executor() is not None:
-                self.pending.append((key, self.executor().submit(fn, *args)))
+                self.pending.append((key, self.executor().submit(fn, *args), (fn, args)))
             else:
-                self.pending.append((key, (fn, args)))
+                self.pending.append((key, (fn, args), (fn, args)))
 
     def _steal(self) -> dict[int, list[Path]]:
         """The jobs no worker has started, run here (the last first, while the workers take the first): the report's
         process, done with its own work, draws rather than waits. By index in `pending`."""
         done = {}
         for i in range(len(self.pending) - 1, -1, -1):
-            key, job = self.pending[i]
+            _, job, (fn, args) = self.pending[i]
             if not isinstance(job, list | tuple) and job.cancel():  # only a job still waiting can be cancelled
-                fn, args = self.jobs[i]
                 done[i] = fn(*args)
         return done
 
@@ -178,13 +177,13 @@ class Drawer:
         out, manifest = [], {}
         try:
             stolen = self._steal()
-            for i, (key, job) in enumerate(self.pending):
+            for i, (key, job, (fn, args)) in enumerate(self.pending):
                 if i in stolen:
                     files = stolen[i]
                 elif isinstance(job, list):
                     files = job
                 elif isinstance(job, tuple):
-                    files = job[0](*job[1])
+                    files = fn(*args)
                 else:
                     files = job.result()
                 out += files

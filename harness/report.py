@@ -26,6 +26,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,7 +290,7 @@ def write_report(records: str | Path, out: str | Path, formats: list[str] | tupl
         raise ValueError(f"--in1k-top1 must be one of {', '.join(TOP1)}, not {top1!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    drawer = drawing.Drawer(out / "plots") if plots else None  # its workers also parse a first reading's records
+    drawer = drawing.Drawer(out / "plots") if plots else None  # forked while helpers parse a first reading
     specs = report_specs(records)
     recs = results.read_compact(records_dir(records), results.report_fields(specs),
                                  meanwhile=drawer and drawer.executor)
@@ -363,8 +364,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    import warnings
-
     try:
         with warnings.catch_warnings(record=True) as caught:  # skipped records: one line each, naming the file
             warnings.simplefilter("always")
