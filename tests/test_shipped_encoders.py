@@ -144,6 +144,20 @@ def test_tiny_preset_loads_the_shipped_encoders_unless_pretrain(tmp_path: Path) 
         assert {r.backbone for r in pre} == set(SHIPPED), flags  # --pretrain, said or implied
 
 
+def test_controls_run_beside_their_task_seed_by_seed(tmp_path: Path) -> None:
+    """Each seed's runs come task by task in the suite's order, a task's controls right after its runs: the long COCO
+    floor no longer runs alone at the end of a seed while the other job slots idle."""
+    plan = build_plan(api.run_options(preset="tiny", out=str(tmp_path / "out"), device="cpu", seeds="1,0"))
+    order = [(r.seed, r.task, r.control) for r in plan.runs]
+    assert [s for s, _, _ in order] == sorted((s for s, _, _ in order), key=lambda s: s != 1)  # --seeds order
+    for seed in (1, 0):
+        tasks = [t for s, t, _ in order if s == seed]
+        assert tasks == sorted(tasks, key=["in1k", "coco", "ade20k"].index), seed  # grouped, the suite's order
+        for task in ("coco", "ade20k"):
+            kinds = [c for s, t, c in order if s == seed and t == task]
+            assert kinds[-1] == "floor" and kinds.count("floor") == 1 and len(kinds) == 5
+
+
 def test_dry_run_names_the_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from tests.test_runner import harness
 

@@ -136,7 +136,7 @@ def build_plan(opts: RunOptions) -> Plan:
     controls = control_runs(inp, records, opts)  # before any file is hashed: bad controls leave no cache behind
     runs = task_runs(inp, made, weights, records, sha_cache, opts)
     planned = {r.run_id for r in runs}
-    runs = by_seed(runs + [c for c in controls if c.run_id not in planned], inp.seeds)
+    runs = by_seed(runs + [c for c in controls if c.run_id not in planned], inp.seeds, [t for t, _ in inp.suite])
     shares = [{}] if opts.launcher == "slurm" else machine_shares(
         jobs, opts.gpus if opts.launcher == "torchrun" else 1, opts.device)
     pretrains = [r for rs in made.values() for r in rs]
@@ -279,11 +279,13 @@ def control_runs(inp: Inputs, records: dict[str, Record], opts: RunOptions) -> l
     return out
 
 
-def by_seed(runs: list[Run], seeds: list[int]) -> list[Run]:
-    """Runs in the order of `--seeds` (as given, not sorted), each seed's in the order given: a whole table per seed
-    first, its controls with it."""
+def by_seed(runs: list[Run], seeds: list[int], tasks: list[str] | None = None) -> list[Run]:
+    """Runs in the order of `--seeds` (as given, not sorted), each seed's task by task in the suite's order (`tasks`),
+    each task's in the order given: a whole table per seed first, its controls beside its task's runs, so that a long
+    control (a COCO floor) does not run alone at the end while the other job slots idle."""
     order = {seed: i for i, seed in enumerate(seeds)}
-    return sorted(runs, key=lambda r: order.get(r.seed, len(order)))
+    task_order = {task: i for i, task in enumerate(tasks or [])}
+    return sorted(runs, key=lambda r: (order.get(r.seed, len(order)), task_order.get(r.task, len(task_order))))
 
 
 def _protocols(spec: TaskSpec | None, flag: str | None, preset: dict[str, list[str]]) -> list[str | None]:
