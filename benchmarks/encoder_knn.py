@@ -8,7 +8,7 @@ normalised 32 x 32 input, flattened). Features: the pre-logits a linear probe re
 norm) and the mean of the last block's patch tokens after that norm (what a dense head pools).
 
 Usage: `python benchmarks/encoder_knn.py` (the shipped tiny encoders and a seeded random one; `--encoder
-NAME=BACKBONE[:CHECKPOINT]` replaces the list). CPU: about 15 s of one core per encoder.
+NAME=BACKBONE[:CHECKPOINT]` replaces the list). CPU: about 40 s of one core per encoder.
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def build(backbone: str, checkpoint: str | None) -> torch.nn.Module:
     return create_backbone(backbone, checkpoint=checkpoint).eval()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--encoder", action="append", help="NAME=BACKBONE[:CHECKPOINT] (random:BACKBONE: seeded init)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each split (a quick look)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     train_x, train_y = images("train", args.limit)
     keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(sanity.SEED))[: sanity.KNN_BANK]
@@ -87,7 +87,8 @@ def main() -> None:
         cls = sanity.knn_top1(bank_cls, bank_y, test_cls, test_y)
         mean = sanity.knn_top1(bank_mean, bank_y, test_mean, test_y)
         print(f"{name:<12} {cls:>10.1f} {mean:>10.1f} {time.process_time() - start:>6.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -129,6 +129,22 @@ def test_sanity_figures_measure_their_method() -> None:
     assert top1 == 100.0
 
 
+def test_encoder_knn_benchmark_scores_pixels_and_encoders(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/encoder_knn.py on 600 images: a row for the pixels and one per encoder, and the supervised encoder
+    (trained on these labels) scores well above a random one, with both feature kinds."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_knn.py"
+    spec = importlib.util.spec_from_file_location("encoder_knn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--limit", "600", "--encoder", "sup=supervised_vit_tiny_patch4",
+                        "--encoder", "rand=random:scratch_vit_tiny_patch4"]) == 0
+    rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"pixels", "sup", "rand"} and 0 < rows["pixels"][0] <= 100
+    assert rows["sup"][0] > rows["rand"][0] + 15 and rows["sup"][1] > rows["rand"][1] + 15
+
+
 def test_tiny_preset_loads_the_shipped_encoders_unless_pretrain(tmp_path: Path) -> None:
     def plan(**flags):
         return build_plan(api.run_options(preset="tiny", out=str(tmp_path / "out"), device="cpu", **flags))
