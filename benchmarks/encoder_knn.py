@@ -31,13 +31,16 @@ SHIPPED = (
     "mocov3=mocov3_vit_tiny_patch4",
     "random=random:scratch_vit_tiny_patch4",
 )
-MEAN, STD = (0.2860,) * 3, (0.3530,) * 3  # Fashion-MNIST's; kNN on L2-normalised vectors barely depends on them
 
 
 def images(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded 32 x 32 images, normalised as the tiny encoders were trained (their registry entry's mean and std)."""
+    from backbones import get_spec
+
+    spec = get_spec(SHIPPED[0].partition("=")[2])
     x, y = data.fashion_mnist_tensors(split, 32, "pad")
     x, y = x[:limit], y[:limit]
-    m, s = torch.tensor(MEAN)[None, :, None, None], torch.tensor(STD)[None, :, None, None]
+    m, s = torch.tensor(spec.mean)[None, :, None, None], torch.tensor(spec.std)[None, :, None, None]
     return (x.float() / 255 - m) / s, y
 
 
@@ -52,13 +55,24 @@ def features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
     return F.normalize(torch.cat(cls), dim=1), F.normalize(torch.cat(mean), dim=1)
 
 
-def build(backbone: str, checkpoint: str | None) -> torch.nn.Module:
-    from backbones import create_backbone
+def parse(entry: str) -> tuple[str, str, str | None]:
+    """`NAME=BACKBONE[:CHECKPOINT]` -> (name, backbone, checkpoint); a `random:` backbone takes no checkpoint. Checks
+    the name against the registry and that the checkpoint exists (ValueError), before any work."""
+    from backbones import get_spec
+    from backbones.spec import RANDOM_PREFIX
 
-    torch.manual_seed(0)
-    if backbone.startswith("random:"):
-        return create_backbone(backbone.removeprefix("random:"), pretrained=False).eval()
-    return create_backbone(backbone, checkpoint=checkpoint).eval()
+    name, _, spec = entry.partition("=")
+    random = spec.startswith(RANDOM_PREFIX)
+    backbone, _, checkpoint = (spec, "", "") if random else spec.partition(":")
+    if not name or not backbone:
+        raise ValueError("expected NAME=BACKBONE[:CHECKPOINT]")
+    try:
+        get_spec(backbone)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if checkpoint and not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint {checkpoint} does not exist")
+    return name, backbone, checkpoint or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", action="append", help="NAME=BACKBONE[:CHECKPOINT] (random:BACKBONE: seeded init)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each split (a quick look)")
     args = ap.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        ap.error(f"--limit must be at least 1, got {args.limit}")
+    encoders = []
+    for entry in args.encoder or SHIPPED:
+        try:
+            encoders.append(parse(entry))
+        except ValueError as e:
+            ap.error(f"--encoder {entry!r}: {e}")
+    from backbones import create_backbone
+
     torch.set_num_threads(1)
     train_x, train_y = images("train", args.limit)
     keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(sanity.SEED))[: sanity.KNN_BANK]
@@ -76,13 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     pixels = sanity.knn_top1(F.normalize(bank_x.flatten(1), dim=1), bank_y,
                              F.normalize(test_x.flatten(1), dim=1), test_y)
     print(f"{'pixels':<12} {pixels:>10.1f} {'':>10} {'':>6}")
-    for entry in args.encoder or SHIPPED:
-        name, _, spec = entry.partition("=")
-        backbone, _, checkpoint = spec.partition(":") if not spec.startswith("random:") else (spec, "", "")
-        if not backbone:
-            ap.error(f"--encoder {entry!r}: expected NAME=BACKBONE[:CHECKPOINT]")
+    for name, backbone, checkpoint in encoders:
         start = time.process_time()
-        model = build(backbone, checkpoint or None)
+        torch.manual_seed(0)  # a random: entry's initialisation
+        model = create_backbone(backbone, checkpoint=checkpoint).eval()
         (bank_cls, bank_mean), (test_cls, test_mean) = features(model, bank_x), features(model, test_x)
         cls = sanity.knn_top1(bank_cls, bank_y, test_cls, test_y)
         mean = sanity.knn_top1(bank_mean, bank_y, test_mean, test_y)

@@ -143,6 +143,10 @@ def test_encoder_knn_benchmark_scores_pixels_and_encoders(capsys: pytest.Capture
     rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"pixels", "sup", "rand"} and 0 < rows["pixels"][0] <= 100
     assert rows["sup"][0] > rows["rand"][0] + 15 and rows["sup"][1] > rows["rand"][1] + 15
+    for bad in (["--encoder", "x=nope"], ["--encoder", "x=mae_vit_tiny_patch4:/no/file"], ["--limit", "0"]):
+        with pytest.raises(SystemExit) as stop:  # named in one line before any data is read
+            module.main(bad)
+        assert stop.value.code == 2 and "Fashion-MNIST" not in capsys.readouterr().out
 
 
 def test_tiny_preset_loads_the_shipped_encoders_unless_pretrain(tmp_path: Path) -> None:
