@@ -44,9 +44,9 @@ TINY = {
 # compute budget, the sanity figure. Every load checks the file against this sha256.
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 TINY_SHA256 = {
-    "mae_vit_tiny_patch4": "f9412ca7a1408443a727269af91f348c5c378be6f813a9a018a5f0d0071976a4",
-    "supervised_vit_tiny_patch4": "667d715fb305666ec9ad9502e6cca7ddf5ef1c743699ccdb52ffe5592bafd61e",
-    "mocov3_vit_tiny_patch4": "e15a816c034d03279cb2affc73d27bfd824aaecfe5a04954e5db948eca64535c",
+    "mae_vit_tiny_patch4": "5ff2e2ee2f6f0d6621a22b4a3f522a1674a97bf7056563738efd0cdc4a4f18ce",
+    "supervised_vit_tiny_patch4": "49ebf7599bab42aef655e178aac7907e369394126fd72c6e12c6d0886cd7d511",
+    "mocov3_vit_tiny_patch4": "1c603929b6b3e388f9255a25135e899197e70345e4489954c3fe1edf26c436f2",
 }
 
 

@@ -18,7 +18,7 @@ from backbones.checkpoint import CheckpointError, resolve_checkpoint
 from backbones.registry import get_spec
 from backbones.weights import file_sha256
 from harness import api
-from harness.pretrain import pretrain, record, sanity
+from harness.pretrain import pretrain, record, resolve_recipe, sanity
 from harness.run.plan import build_plan
 
 SHIPPED = {"mae_vit_tiny_patch4": "mae", "supervised_vit_tiny_patch4": "supervised", "mocov3_vit_tiny_patch4": "mocov3"}
@@ -66,6 +66,8 @@ def test_shipped_record_says_how_to_remake_the_file(name: str) -> None:
     assert rec["command"].startswith(f"python -m harness pretrain --method {method} --arch {name} --seed 0 --threads 1")
     assert "--set" not in rec["command"] and "--epochs" not in rec["command"]  # the recipe as it is
     assert rec["recipe"] == f"{method}_tiny" and rec["threads"] == 1 and rec["device"] == "cpu"
+    recipe = resolve_recipe(method)  # the file was made by the recipe as it stands, not an earlier version of it
+    assert (rec["recipe_version"], rec["epochs"]) == (recipe["version"], recipe["epochs"])
     assert rec["images_seen"] > 0 and rec["training_time_s"] > 0
     assert rec["sanity"]["name"] == FIGURE[method] and math.isfinite(rec["sanity"]["value"])
     assert rec["sanity"]["split"] == "fashion-mnist test" and rec["sanity"]["n"] == 10_000
