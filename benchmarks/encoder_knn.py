@@ -34,14 +34,17 @@ SHIPPED = (
 
 
 def images(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The padded 32 x 32 images, normalised as the tiny encoders were trained (their registry entry's mean and std)."""
+    """The padded 32 x 32 images in [0, 1] (each encoder normalises them with its own mean and std, `normalise`)."""
+    x, y = data.fashion_mnist_tensors(split, 32, "pad")
+    return x[:limit].float() / 255, y[:limit]
+
+
+def normalise(x: torch.Tensor, backbone: str) -> torch.Tensor:
+    """`x` as `backbone` was trained to see it: its registry entry's mean and std."""
     from backbones import get_spec
 
-    spec = get_spec(SHIPPED[0].partition("=")[2])
-    x, y = data.fashion_mnist_tensors(split, 32, "pad")
-    x, y = x[:limit], y[:limit]
-    m, s = torch.tensor(spec.mean)[None, :, None, None], torch.tensor(spec.std)[None, :, None, None]
-    return (x.float() / 255 - m) / s, y
+    spec = get_spec(backbone)
+    return (x - torch.tensor(spec.mean)[None, :, None, None]) / torch.tensor(spec.std)[None, :, None, None]
 
 
 @torch.inference_mode()
@@ -97,14 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     test_x, test_y = images("test", args.limit)
     print(f"kNN-20 top-1 (%) on {len(test_x)} Fashion-MNIST test images, bank of {len(bank_x)} training images")
     print(f"{'encoder':<12} {'pre-logits':>10} {'mean token':>10} {'s':>6}")
-    pixels = sanity.knn_top1(F.normalize(bank_x.flatten(1), dim=1), bank_y,
-                             F.normalize(test_x.flatten(1), dim=1), test_y)
+    pixel_view = SHIPPED[0].partition("=")[2]  # the pixels as the tiny encoders see them
+    pixels = sanity.knn_top1(F.normalize(normalise(bank_x, pixel_view).flatten(1), dim=1), bank_y,
+                             F.normalize(normalise(test_x, pixel_view).flatten(1), dim=1), test_y)
     print(f"{'pixels':<12} {pixels:>10.1f} {'':>10} {'':>6}")
     for name, backbone, checkpoint in encoders:
         start = time.process_time()
         torch.manual_seed(0)  # a random: entry's initialisation
         model = create_backbone(backbone, checkpoint=checkpoint).eval()
-        (bank_cls, bank_mean), (test_cls, test_mean) = features(model, bank_x), features(model, test_x)
+        bank, test = normalise(bank_x, backbone), normalise(test_x, backbone)
+        (bank_cls, bank_mean), (test_cls, test_mean) = features(model, bank), features(model, test)
         cls = sanity.knn_top1(bank_cls, bank_y, test_cls, test_y)
         mean = sanity.knn_top1(bank_mean, bank_y, test_mean, test_y)
         print(f"{name:<12} {cls:>10.1f} {mean:>10.1f} {time.process_time() - start:>6.1f}")
